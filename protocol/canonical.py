@@ -1,0 +1,86 @@
+"""RFC 8785 (JSON Canonicalization Scheme) for the values we sign.
+
+Signed documents hold no floats (amounts and units are integers), so the number rules
+of RFC 8785 reduce to integers in the IEEE-754 safe range; a float is refused outright
+rather than serialized in a way another implementation might not reproduce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_DEPTH = 64
+
+
+class CanonicalError(ValueError):
+    """The value cannot be put in canonical form (float, non-string key, bad string...)."""
+
+
+def _utf16_key(key: str) -> bytes:
+    # RFC 8785 §3.2.3: members are sorted by their names as arrays of UTF-16 code units.
+    return key.encode("utf-16-be", errors="surrogatepass")
+
+
+def _encode_string(value: str) -> str:
+    # json.dumps with ensure_ascii=False escapes exactly what RFC 8785 (ECMAScript
+    # JSON.stringify) escapes: quote, backslash, and control characters below U+0020.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CanonicalError("string holds a lone surrogate") from exc
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _encode(value: Any, depth: int, out: list[str]) -> None:
+    if depth > MAX_DEPTH:
+        raise CanonicalError(f"nesting deeper than {MAX_DEPTH}")
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise CanonicalError(f"integer {value} is outside the IEEE-754 safe range")
+        out.append(str(int(value)))
+    elif isinstance(value, float):
+        raise CanonicalError("floats are not allowed in signed documents; use integers")
+    elif isinstance(value, str):
+        out.append(_encode_string(value))
+    elif isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                raise CanonicalError(f"object key {key!r} is not a string")
+        out.append("{")
+        for index, key in enumerate(sorted(value, key=_utf16_key)):
+            if index:
+                out.append(",")
+            out.append(_encode_string(key))
+            out.append(":")
+            _encode(value[key], depth + 1, out)
+        out.append("}")
+    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _encode(item, depth + 1, out)
+        out.append("]")
+    else:
+        raise CanonicalError(f"type {type(value).__name__} has no JSON form")
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """The RFC 8785 canonical UTF-8 bytes of a JSON value (integers only, no floats)."""
+    out: list[str] = []
+    _encode(value, 0, out)
+    return "".join(out).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

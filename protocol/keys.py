@@ -1,0 +1,139 @@
+"""Ed25519 keys, addresses, miner ids, signatures and key files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+PrivateKey = Ed25519PrivateKey
+
+ADDRESS_PREFIX = "ait1"
+MINER_ID_PREFIX = "miner_"
+_ADDRESS_RE = re.compile(r"^ait1[0-9a-f]{40}$")
+_HEX_RE = re.compile(r"^[0-9a-f]*$")
+
+
+class KeyFileError(ValueError):
+    """A key file is missing, unreadable or malformed."""
+
+
+def generate_private_key() -> PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def public_key_bytes(private_key: PrivateKey) -> bytes:
+    return private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def public_key_hex(private_key: PrivateKey) -> str:
+    return public_key_bytes(private_key).hex()
+
+
+def private_key_hex(private_key: PrivateKey) -> str:
+    return private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()).hex()
+
+
+def private_key_from_hex(text: str) -> PrivateKey:
+    raw = _strict_hex(text, 32)
+    if raw is None:
+        raise KeyFileError("private key must be 64 lowercase hex characters")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def address_from_public_key(public_key: bytes) -> str:
+    return ADDRESS_PREFIX + hashlib.sha256(public_key).digest()[:20].hex()
+
+
+def miner_id_from_public_key(public_key: bytes) -> str:
+    return MINER_ID_PREFIX + hashlib.sha256(public_key).hexdigest()[:12]
+
+
+def address_of(private_key: PrivateKey) -> str:
+    return address_from_public_key(public_key_bytes(private_key))
+
+
+def is_address(text: object) -> bool:
+    return isinstance(text, str) and _ADDRESS_RE.match(text) is not None
+
+
+def _strict_hex(text: object, length: int) -> bytes | None:
+    if not isinstance(text, str) or len(text) != 2 * length or not _HEX_RE.match(text):
+        return None
+    return bytes.fromhex(text)
+
+
+def sign_hex(private_key: PrivateKey, data: bytes) -> str:
+    return private_key.sign(data).hex()
+
+
+def verify_hex(public_key_hex: object, signature_hex: object, data: bytes) -> bool:
+    """True only for a valid signature; any malformed input is simply invalid."""
+    public_raw = _strict_hex(public_key_hex, 32)
+    signature_raw = _strict_hex(signature_hex, 64)
+    if public_raw is None or signature_raw is None:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature_raw, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def key_file_document(private_key: PrivateKey) -> dict[str, str]:
+    return {
+        "alg": "Ed25519",
+        "private_key": private_key_hex(private_key),
+        "public_key": public_key_hex(private_key),
+        "address": address_of(private_key),
+    }
+
+
+def save_key_file(path: str | Path, private_key: PrivateKey) -> None:
+    """Write a key file readable by its owner only (mode 0600), creating parent dirs."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(key_file_document(private_key), indent=2) + "\n"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(data)
+    os.chmod(target, 0o600)
+
+
+def load_key_file(path: str | Path) -> PrivateKey:
+    target = Path(path)
+    try:
+        document = json.loads(target.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"key file {target} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"key file {target} is not readable JSON: {exc}") from exc
+    if not isinstance(document, dict) or document.get("alg") != "Ed25519":
+        raise KeyFileError(f"key file {target} is not an Ed25519 key file")
+    private_key = private_key_from_hex(document.get("private_key", ""))
+    if document.get("public_key") not in (None, public_key_hex(private_key)):
+        raise KeyFileError(f"key file {target}: public key does not match the private key")
+    return private_key
+
+
+def load_or_create_key_file(path: str | Path) -> PrivateKey:
+    target = Path(path)
+    if target.exists():
+        return load_key_file(target)
+    private_key = generate_private_key()
+    save_key_file(target, private_key)
+    return private_key
