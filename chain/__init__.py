@@ -1,0 +1,1 @@
+"""Ledger, receipts, blocks and audit of AIT Market."""

@@ -1,0 +1,363 @@
+"""Persistence of `chain.ledger`: its tables and the operations that apply its rules inside
+the caller's transaction (so ledger rows commit together with the job status they belong
+to).
+
+Each operation loads exactly the rows its rule needs into a partial `Ledger` (accounts
+locked `FOR UPDATE` on PostgreSQL, in a fixed order; SQLite's single writer serializes),
+applies the pure rule, and writes what the rule changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chain.ledger import (
+    TREASURY_ADDRESS,
+    AccountId,
+    AccountKind,
+    Hold,
+    HoldStatus,
+    Ledger,
+    Result,
+    Settlement,
+    Transfer,
+    TransferKind,
+    available,
+    escrow,
+    hold_id_for,
+    issuance,
+)
+
+metadata = MetaData()
+_SEQ = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
+
+ledger_accounts = Table(
+    "ledger_accounts",
+    metadata,
+    Column("chain_id", String(64), primary_key=True),
+    Column("address", String(44), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # available | escrow | issuance
+    Column("balance_uait", BigInteger, nullable=False),
+)
+
+# Every posted transfer, append-only. `seq` is the commit order within the database; the
+# block sealer (coordinator.service.blocks) takes one chain's rows with `block_height IS
+# NULL` in `seq` order, seals them into the next block and sets `block_height`. Nothing
+# else ever updates a transfer row.
+ledger_transfers = Table(
+    "ledger_transfers",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    Column("transfer_id", String(120), nullable=False, unique=True),
+    Column("chain_id", String(64), nullable=False),
+    Column("debit_address", String(44), nullable=False),
+    Column("debit_kind", String(16), nullable=False),
+    Column("credit_address", String(44), nullable=False),
+    Column("credit_kind", String(16), nullable=False),
+    Column("amount_uait", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),  # mint | hold | pay | fee | refund | void
+    Column("job_id", String(40)),
+    Column("hold_id", String(120)),  # for transfers that resolve a hold
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("block_height", BigInteger),
+)
+Index("ix_transfers_unsealed", ledger_transfers.c.chain_id, ledger_transfers.c.block_height)
+Index("ix_transfers_debit", ledger_transfers.c.debit_address, ledger_transfers.c.chain_id)
+Index("ix_transfers_credit", ledger_transfers.c.credit_address, ledger_transfers.c.chain_id)
+
+ledger_holds = Table(
+    "ledger_holds",
+    metadata,
+    Column("hold_id", String(120), primary_key=True),
+    Column("chain_id", String(64), nullable=False),
+    Column("address", String(44), nullable=False),
+    Column("amount_uait", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | posted | voided
+    Column("job_id", String(40)),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("resolved_at_ms", BigInteger),
+)
+
+
+# Statements are built once: building one (and its cache key) costs more than running it,
+# and every settlement runs several.
+_A = ledger_accounts.c
+_ENSURE_ACCOUNTS = {
+    "postgresql": pg_insert(ledger_accounts).on_conflict_do_nothing(),
+    "sqlite": sqlite_insert(ledger_accounts).on_conflict_do_nothing(),
+}
+_SELECT_ACCOUNTS = (
+    select(_A.chain_id, _A.address, _A.kind, _A.balance_uait)
+    .where(tuple_(_A.chain_id, _A.address, _A.kind).in_(bindparam("keys", expanding=True)))
+    .order_by(_A.chain_id, _A.address, _A.kind)
+    .with_for_update()
+)
+_SET_BALANCE = (
+    update(ledger_accounts)
+    .where(
+        _A.chain_id == bindparam("b_chain"),
+        _A.address == bindparam("b_address"),
+        _A.kind == bindparam("b_kind"),
+    )
+    .values(balance_uait=bindparam("b_balance"))
+)
+_SELECT_TRANSFERS = select(ledger_transfers).where(
+    ledger_transfers.c.transfer_id.in_(bindparam("ids", expanding=True))
+)
+_INSERT_TRANSFERS = ledger_transfers.insert()
+_SELECT_HOLD = (
+    select(ledger_holds).where(ledger_holds.c.hold_id == bindparam("h_id")).with_for_update()
+)
+_INSERT_HOLD = ledger_holds.insert()
+_RESOLVE_HOLD = (
+    update(ledger_holds)
+    .where(ledger_holds.c.hold_id == bindparam("h_id"))
+    .values(status=bindparam("h_status"), resolved_at_ms=bindparam("h_at"))
+)
+
+
+def transfer_from_row(row: Any) -> Transfer:
+    return Transfer(
+        transfer_id=row.transfer_id,
+        chain_id=row.chain_id,
+        debit=AccountId(row.chain_id, row.debit_address, AccountKind(row.debit_kind)),
+        credit=AccountId(row.chain_id, row.credit_address, AccountKind(row.credit_kind)),
+        amount_uait=row.amount_uait,
+        kind=TransferKind(row.kind),
+        job_id=row.job_id,
+        hold_id=row.hold_id,
+        created_at_ms=row.created_at_ms,
+    )
+
+
+async def _load(
+    conn: AsyncConnection,
+    accounts: Iterable[AccountId],
+    transfer_ids: Iterable[str],
+    holds: Sequence[Hold] = (),
+) -> Ledger:
+    ledger = Ledger(holds={h.hold_id: h for h in holds})
+    wanted = sorted(set(accounts))  # one lock order everywhere: no deadlock between ours
+    if wanted:
+        await conn.execute(
+            _ENSURE_ACCOUNTS[conn.dialect.name],
+            [
+                {"chain_id": a.chain_id, "address": a.address, "kind": a.kind, "balance_uait": 0}
+                for a in wanted
+            ],
+        )
+        keys = [(a.chain_id, a.address, a.kind.value) for a in wanted]
+        for row in await conn.execute(_SELECT_ACCOUNTS, {"keys": keys}):
+            account = AccountId(row.chain_id, row.address, AccountKind(row.kind))
+            ledger.balances[account] = row.balance_uait
+    ids = sorted(set(transfer_ids))
+    if ids:
+        for row in await conn.execute(_SELECT_TRANSFERS, {"ids": ids}):
+            ledger.transfers[row.transfer_id] = transfer_from_row(row)
+    return ledger
+
+
+async def _load_hold(conn: AsyncConnection, hold_id: str) -> Hold | None:
+    row = (await conn.execute(_SELECT_HOLD, {"h_id": hold_id})).first()
+    if row is None:
+        return None
+    return Hold(
+        row.hold_id, row.chain_id, row.address, row.amount_uait, HoldStatus(row.status), row.job_id
+    )
+
+
+async def _save(conn: AsyncConnection, ledger: Ledger, now_ms: int) -> None:
+    if ledger.new_transfers:
+        await conn.execute(
+            _INSERT_TRANSFERS,
+            [
+                {
+                    "transfer_id": t.transfer_id,
+                    "chain_id": t.chain_id,
+                    "debit_address": t.debit.address,
+                    "debit_kind": t.debit.kind.value,
+                    "credit_address": t.credit.address,
+                    "credit_kind": t.credit.kind.value,
+                    "amount_uait": t.amount_uait,
+                    "kind": t.kind.value,
+                    "job_id": t.job_id,
+                    "hold_id": t.hold_id,
+                    "created_at_ms": t.created_at_ms,
+                }
+                for t in ledger.new_transfers
+            ],
+        )
+    if ledger.changed_accounts:
+        await conn.execute(
+            _SET_BALANCE,
+            [
+                {
+                    "b_chain": a.chain_id,
+                    "b_address": a.address,
+                    "b_kind": a.kind.value,
+                    "b_balance": ledger.balance(a),
+                }
+                for a in sorted(ledger.changed_accounts)
+            ],
+        )
+    for hold_id in sorted(ledger.changed_holds):
+        hold = ledger.holds[hold_id]
+        if hold.status == HoldStatus.PENDING:
+            await conn.execute(
+                _INSERT_HOLD,
+                {
+                    "hold_id": hold.hold_id,
+                    "chain_id": hold.chain_id,
+                    "address": hold.address,
+                    "amount_uait": hold.amount_uait,
+                    "status": hold.status.value,
+                    "job_id": hold.job_id,
+                    "created_at_ms": now_ms,
+                },
+            )
+        else:
+            await conn.execute(
+                _RESOLVE_HOLD, {"h_id": hold_id, "h_status": hold.status.value, "h_at": now_ms}
+            )
+
+
+# -- operations (each inside the caller's transaction) ---------------------------------------
+async def mint(
+    conn: AsyncConnection,
+    transfer_id: str,
+    chain_id: str,
+    address: str,
+    amount_uait: int,
+    now_ms: int,
+) -> Result:
+    ledger = await _load(conn, [issuance(chain_id), available(chain_id, address)], [transfer_id])
+    result = ledger.mint(transfer_id, chain_id, address, amount_uait, now_ms)
+    await _save(conn, ledger, now_ms)
+    return result
+
+
+async def hold(
+    conn: AsyncConnection, job_id: str, chain_id: str, address: str, amount_uait: int, now_ms: int
+) -> Result:
+    hold_id = hold_id_for(job_id)
+    # A replay is answered from the transfer id alone; the hold row is not needed.
+    ledger = await _load(conn, [available(chain_id, address), escrow(chain_id, address)], [hold_id])
+    result = ledger.hold(job_id, chain_id, address, amount_uait, now_ms)
+    await _save(conn, ledger, now_ms)
+    return result
+
+
+async def post(
+    conn: AsyncConnection,
+    job_id: str,
+    miner_address: str,
+    cost_uait: int,
+    fee_bps: int,
+    now_ms: int,
+) -> Settlement:
+    """Settle a completed job's hold: miner paid (capped), fee, rest back to the client."""
+    held = await _load_hold(conn, hold_id_for(job_id))
+    if held is None:
+        return Settlement(Result.HOLD_NOT_FOUND)
+    accounts = [
+        escrow(held.chain_id, held.address),
+        available(held.chain_id, held.address),
+        available(held.chain_id, miner_address),
+        available(held.chain_id, TREASURY_ADDRESS),
+    ]
+    ids = [f"{kind}:{job_id}" for kind in ("pay", "fee", "refund")]
+    ledger = await _load(conn, accounts, ids, [held])
+    settlement = ledger.post(job_id, miner_address, cost_uait, fee_bps, now_ms)
+    await _save(conn, ledger, now_ms)
+    return settlement
+
+
+async def void(conn: AsyncConnection, job_id: str, now_ms: int) -> Settlement:
+    """Return a job's whole hold to the client."""
+    held = await _load_hold(conn, hold_id_for(job_id))
+    if held is None:
+        return Settlement(Result.HOLD_NOT_FOUND)
+    accounts = [escrow(held.chain_id, held.address), available(held.chain_id, held.address)]
+    ledger = await _load(conn, accounts, [f"void:{job_id}"], [held])
+    settlement = ledger.void(job_id, now_ms)
+    await _save(conn, ledger, now_ms)
+    return settlement
+
+
+# -- reads ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Balance:
+    available_uait: int
+    held_uait: int
+
+    @property
+    def total_uait(self) -> int:
+        return self.available_uait + self.held_uait
+
+
+async def balance(conn: AsyncConnection, chain_id: str, address: str) -> Balance:
+    rows = await conn.execute(
+        select(ledger_accounts.c.kind, ledger_accounts.c.balance_uait).where(
+            ledger_accounts.c.chain_id == chain_id, ledger_accounts.c.address == address
+        )
+    )
+    values = {row.kind: row.balance_uait for row in rows}
+    return Balance(values.get("available", 0), values.get("escrow", 0))
+
+
+async def history(
+    conn: AsyncConnection,
+    address: str,
+    chain_id: str | None = None,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[Transfer], int]:
+    """Transfers touching `address`, newest first, and how many match in all."""
+    t = ledger_transfers
+    cond = [or_(t.c.debit_address == address, t.c.credit_address == address)]
+    if chain_id is not None:
+        cond.append(t.c.chain_id == chain_id)
+    if from_ms is not None:
+        cond.append(t.c.created_at_ms >= from_ms)
+    if to_ms is not None:
+        cond.append(t.c.created_at_ms < to_ms)
+    total = (await conn.execute(select(func.count()).select_from(t).where(*cond))).scalar_one()
+    rows = await conn.execute(
+        select(t).where(*cond).order_by(t.c.seq.desc()).limit(limit).offset(offset)
+    )
+    return [transfer_from_row(row) for row in rows], int(total)
+
+
+async def minted(conn: AsyncConnection, chain_id: str) -> int:
+    value = (
+        await conn.execute(
+            select(ledger_accounts.c.balance_uait).where(
+                ledger_accounts.c.chain_id == chain_id,
+                ledger_accounts.c.kind == AccountKind.ISSUANCE.value,
+            )
+        )
+    ).scalar()
+    return -(value or 0)
