@@ -1,0 +1,1 @@
+"""Thin aiohttp handlers: decode, call one service function, encode."""

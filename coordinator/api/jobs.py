@@ -1,0 +1,356 @@
+"""`/v1/jobs...` handlers. Plain paths (`/v1/jobs/latest`, `/v1/jobs/history`) are
+registered before `/v1/jobs/{job_id}` so they are never taken for a job id."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from coordinator.api.common import (
+    caller,
+    client_caller,
+    json_response,
+    parse_json_object,
+    read_json_object,
+    read_multipart,
+)
+from coordinator.api.validate import Fields, query_date_ms, query_int
+from coordinator.appkeys import METRICS, MINER_REGISTRY
+from coordinator.domain.jobs import TERMINAL, JobStatus, Priority, Requirements
+from coordinator.errors import RESPONSE_HEADERS, BadRequest, ValidationFailed
+from coordinator.service import jobs as job_service
+from coordinator.service.core import Core
+from coordinator.service.records import job_summary, job_view
+from coordinator.service.wallets import chain_or_422
+from protocol.money import uait_to_ait
+from protocol.timefmt import iso_ms
+
+routes = web.RouteTableDef()
+
+MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_PRICE_UAIT = 10**15  # 1e9 AIT
+FILE_ID_RE = re.compile(r"file_[0-9a-f]{20}")
+MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
+SUBMIT_FIELDS = (
+    "model",
+    "input",
+    "output_config",
+    "requirements",
+    "priority",
+    "timeout_seconds",
+    "chain_id",
+    "max_price",
+    "name",
+    "params",
+    "fail_if_unmatched",
+)
+REQUIREMENT_FIELDS = ("gpu_type", "gpu_count", "min_vram_gb")
+SSE_KEEPALIVE_S = 15.0
+Upload = job_service.FileUpload
+
+
+def _registry(request: web.Request) -> Any:
+    return request.app.get(MINER_REGISTRY)
+
+
+def _queue_reason(request: web.Request, job: Any) -> str | None:
+    if job.status != JobStatus.QUEUED:
+        return None
+    registry = _registry(request)
+    if registry is None:
+        return "no miner hub is running on this coordinator"
+    return registry.queue_reason(job) or "waiting for the dispatcher to assign it"
+
+
+def parse_job_request(core: Core, data: dict[str, Any], has_file: bool) -> job_service.JobRequest:
+    f = Fields(data, SUBMIT_FIELDS)
+    model = f.string("model", required=True, nullable=False, min_len=1, pattern=MODEL_RE)
+    if "input" not in data and not has_file:
+        f.error("input", "is required (or send a multipart 'file' part)")
+    elif "input" in data and has_file:
+        f.error("input", "give either input or a multipart 'file' part, not both")
+    raw_input = data.get("input")
+    input_file_id = None
+    if isinstance(raw_input, str) and FILE_ID_RE.fullmatch(raw_input):
+        input_file_id = raw_input
+    output_config = f.mapping("output_config")
+    out = Fields(output_config, ("destination", "format"), "output_config.")
+    out.string("destination", max_len=100)
+    out.string("format", max_len=50)
+    f.errors.extend(out.errors)
+    req_fields = Fields(
+        f.mapping("requirements"), ("gpu_type", "gpu_count", "min_vram_gb"), "requirements."
+    )
+    gpu_type = req_fields.string("gpu_type", max_len=50)
+    gpu_count = req_fields.integer("gpu_count", low=1, high=64, default=1)
+    min_vram = req_fields.number("min_vram_gb", low=0, high=4096)
+    f.errors.extend(req_fields.errors)
+    priority = f.choice("priority", [p.value for p in Priority], "normal")
+    timeout_s = f.integer("timeout_seconds", low=1, high=MAX_TIMEOUT_S, default=3600)
+    chain_id = f.string("chain_id", max_len=64)
+    if chain_id is not None or "chain_id" not in data:
+        try:
+            chain_id = chain_or_422(core, chain_id)
+        except ValidationFailed as exc:
+            f.errors.extend((e["field"], e["detail"]) for e in exc.extra["errors"])
+    max_price = f.amount_uait("max_price", high_uait=MAX_PRICE_UAIT)
+    name = f.string("name", max_len=200)
+    params = f.mapping("params")
+    fail_if_unmatched = f.boolean("fail_if_unmatched")
+    f.check()
+    assert model is not None and chain_id is not None
+    return job_service.JobRequest(
+        model=model,
+        input=raw_input,
+        chain_id=chain_id,
+        priority=Priority(priority),
+        requirements=Requirements(
+            gpu_type=gpu_type.strip().lower() if gpu_type else None,
+            gpu_count=gpu_count or 1,
+            min_vram_gb=min_vram,
+        ),
+        params=params,
+        output_config=output_config,
+        timeout_seconds=timeout_s or 3600,
+        max_price_uait=max_price,
+        name=name,
+        fail_if_unmatched=fail_if_unmatched,
+        input_file_id=input_file_id,
+    )
+
+
+async def _read_submission(request: web.Request) -> tuple[dict[str, Any], Upload | None]:
+    parts = await read_multipart(request, ("data", "file"))
+    if "data" not in parts:
+        raise BadRequest("the multipart body needs a 'data' part holding the job JSON")
+    data = parse_json_object(parts["data"].data)
+    file = parts.get("file")
+    upload = Upload(file.filename, file.content_type, file.data) if file else None
+    return data, upload
+
+
+async def _read_upload(request: web.Request) -> Upload:
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest("upload a file as multipart/form-data with a 'file' part")
+    parts = await read_multipart(request, ("file",))
+    if "file" not in parts:
+        raise ValidationFailed([("file", "the multipart body needs a 'file' part")])
+    file = parts["file"]
+    return Upload(file.filename, file.content_type, file.data)
+
+
+@routes.post("/v1/jobs")
+async def submit(request: web.Request) -> web.Response:
+    key = client_caller(request)
+    core = Core.of(request.app)
+    if request.content_type.startswith("multipart/"):
+        data, upload = await _read_submission(request)
+    else:
+        data, upload = await read_json_object(request), None
+    req = parse_job_request(core, data, upload is not None)
+    job = await job_service.submit(core, _registry(request), key, req, upload)
+    request.app[METRICS].jobs_submitted[job.chain_id] += 1
+    return json_response(
+        {
+            "job_id": job.job_id,
+            "status": job.status.value,
+            "estimated_cost": uait_to_ait(job.estimated_cost_uait),
+            "estimated_time_seconds": job.estimated_time_seconds,
+            "chain_id": job.chain_id,
+            "created_at": iso_ms(job.created_at_ms),
+            "input_sha256": job.input_sha256,
+            "queue_reason": _queue_reason(request, job),
+        },
+        status=201,
+    )
+
+
+@routes.get("/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    key = caller(request)
+    errors: list[tuple[str, str]] = []
+    limit = query_int(request.query, "limit", 20, 1, 100, errors)
+    offset = query_int(request.query, "offset", 0, 0, 10**9, errors)
+    status_text = request.query.get("status") or None
+    status = None
+    if status_text is not None:
+        try:
+            status = JobStatus(status_text)
+        except ValueError:
+            errors.append(("status", f"must be one of {', '.join(s.value for s in JobStatus)}"))
+    unknown = set(request.query) - {"limit", "offset", "status"}
+    errors.extend((name, "unknown query parameter") for name in sorted(unknown))
+    if errors:
+        raise ValidationFailed(errors)
+    found, total = await job_service.list_jobs(Core.of(request.app), key, status, limit, offset)
+    return json_response(
+        {
+            "jobs": [job_summary(job) for job in found],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "has_more": offset + len(found) < total,
+        }
+    )
+
+
+@routes.get("/v1/jobs/latest")
+async def latest(request: web.Request) -> web.Response:
+    job = await job_service.latest_job(Core.of(request.app), caller(request))
+    return json_response(job_view(job, _queue_reason(request, job)))
+
+
+@routes.get("/v1/jobs/history")
+async def history(request: web.Request) -> web.Response:
+    key = caller(request)
+    errors: list[tuple[str, str]] = []
+    from_ms = query_date_ms(request.query, "from", errors, end=False)
+    to_ms = query_date_ms(request.query, "to", errors, end=True)
+    if from_ms is not None and to_ms is not None and to_ms <= from_ms:
+        errors.append(("to", "must not be before from"))
+    unknown = set(request.query) - {"from", "to"}
+    errors.extend((name, "unknown query parameter") for name in sorted(unknown))
+    if errors:
+        raise ValidationFailed(errors)
+    found, count, cost = await job_service.history(Core.of(request.app), key, from_ms, to_ms)
+    return json_response(
+        {
+            "from": request.query.get("from"),
+            "to": request.query.get("to"),
+            "jobs": [job_summary(job) for job in found],
+            "count": count,
+            "total_cost": uait_to_ait(cost),
+            "truncated": count > len(found),
+        }
+    )
+
+
+@routes.get("/v1/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    job = await job_service.read_job(
+        Core.of(request.app), caller(request), request.match_info["job_id"]
+    )
+    return json_response(job_view(job, _queue_reason(request, job)))
+
+
+@routes.put("/v1/jobs/{job_id}")
+async def rename(request: web.Request) -> web.Response:
+    key = client_caller(request)
+    data = await read_json_object(request)
+    f = Fields(data, ("name",))
+    if "name" not in data:
+        f.error("name", "is required")
+    name = f.string("name", max_len=200)
+    f.check()
+    job = await job_service.rename(Core.of(request.app), key, request.match_info["job_id"], name)
+    return json_response(job_view(job, _queue_reason(request, job)))
+
+
+@routes.delete("/v1/jobs/{job_id}")
+async def cancel(request: web.Request) -> web.Response:
+    job = await job_service.cancel(
+        Core.of(request.app), client_caller(request), request.match_info["job_id"]
+    )
+    return json_response(job_view(job))
+
+
+@routes.get("/v1/jobs/{job_id}/download")
+async def download(request: web.Request) -> web.Response:
+    job, data = await job_service.download(
+        Core.of(request.app), caller(request), request.match_info["job_id"]
+    )
+    filename = job.output_filename or "output.bin"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", filename)[:200]
+    if not safe.strip("."):  # "", "." and ".." name directories, not files
+        safe = "output.bin"
+    return web.Response(
+        body=data,
+        content_type=(job.output_content_type or "application/octet-stream").split(";")[0],
+        headers={
+            "Content-Disposition": f'attachment; filename="{safe}"',
+            "X-Output-Sha256": job.output_sha256 or "",
+        },
+    )
+
+
+@routes.get("/v1/jobs/{job_id}/receipt")
+async def receipt(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    core = Core.of(request.app)
+    body, signature = await job_service.receipt(core, caller(request), job_id)
+    from coordinator.service.blocks import receipt_block
+
+    block = await receipt_block(core.db, job_id)
+    return json_response({"receipt": body, "signature": signature, "block": block})
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
+
+
+_GONE: dict[str, Any] = {}
+SSE_POLL_S = 1.0  # how soon a stream notices that its client has gone
+
+
+async def _next_event(request: web.Request, sub: Any) -> dict[str, Any] | None:
+    """The next bus event; None after SSE_KEEPALIVE_S of quiet; _GONE once the client left."""
+    waited = 0.0
+    while waited < SSE_KEEPALIVE_S:
+        event: dict[str, Any] | None = await sub.get(SSE_POLL_S)
+        if event is not None:
+            return event
+        if request.transport is None or request.transport.is_closing():
+            return _GONE
+        waited += SSE_POLL_S
+    return None
+
+
+@routes.get("/v1/jobs/{job_id}/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the job now, then each status/progress change until it ends."""
+    key = caller(request)
+    core = Core.of(request.app)
+    job_id = request.match_info["job_id"]
+    metrics = request.app[METRICS]
+    async with core.bus.subscribe(job_id) as sub:
+        job = await job_service.read_job(core, key, job_id)  # after subscribing: no gap
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                **request.get(RESPONSE_HEADERS, {}),
+            }
+        )
+        await response.prepare(request)
+        metrics.sse_streams += 1
+        try:
+            await response.write(_sse("status", job_view(job, _queue_reason(request, job))))
+            while job.status not in TERMINAL:
+                event = await _next_event(request, sub)
+                if event is _GONE:
+                    break  # the client hung up: stop holding a handler for it
+                if event is None:
+                    # Quiet: re-read (another process may have changed it) and keep alive.
+                    job = await job_service.read_job(core, key, job_id)
+                    await response.write(b": keep-alive\n\n")
+                    if job.status in TERMINAL:
+                        await response.write(_sse("status", job_view(job)))
+                    continue
+                if event.get("type") == "progress":
+                    await response.write(_sse("progress", event))
+                    continue
+                if event.get("type") != "status":
+                    continue
+                job = await job_service.read_job(core, key, job_id)
+                await response.write(_sse("status", job_view(job, _queue_reason(request, job))))
+            await response.write(_sse("end", {"job_id": job_id, "status": job.status.value}))
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client stopped listening: a normal way for a stream to end
+        finally:
+            metrics.sse_streams -= 1
+    return response

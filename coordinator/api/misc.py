@@ -1,0 +1,121 @@
+"""`/v1/me`, files, the marketplace views and the operations endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.api.common import caller, client_caller, json_response
+from coordinator.api.jobs import _read_upload
+from coordinator.appkeys import DATABASE, METRICS, MINER_REGISTRY
+from coordinator.errors import Unavailable
+from coordinator.service import files as file_service
+from coordinator.service import jobs as job_service
+from coordinator.service.core import Core
+from protocol.timefmt import iso_ms
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/me")
+async def me(request: web.Request) -> web.Response:
+    key = caller(request)
+    return json_response(
+        {
+            "address": key.address,
+            "role": key.role,
+            "key_id": key.key_id,
+            "name": key.name,
+            "created_at": iso_ms(key.created_at_ms),
+        }
+    )
+
+
+@routes.post("/v1/files")
+async def upload_file(request: web.Request) -> web.Response:
+    key = client_caller(request)
+    upload = await _read_upload(request)
+    row = await file_service.store_file(Core.of(request.app), key.address, upload)
+    return json_response(
+        {
+            "file_id": row["file_id"],
+            "bytes": row["bytes"],
+            "sha256": row["sha256"],
+            "filename": row["filename"],
+            "content_type": row["content_type"],
+            "created_at": iso_ms(row["created_at_ms"]),
+        },
+        status=201,
+    )
+
+
+def _registry_view(request: web.Request, name: str) -> list[dict[str, Any]]:
+    registry = request.app.get(MINER_REGISTRY)
+    if registry is None:
+        return []
+    view: list[dict[str, Any]] = getattr(registry, name)()
+    return view
+
+
+@routes.get("/v1/miners")
+async def miners(request: web.Request) -> web.Response:
+    caller(request)
+    return json_response({"miners": _registry_view(request, "miners_view")})
+
+
+@routes.get("/v1/models")
+async def models(request: web.Request) -> web.Response:
+    caller(request)
+    return json_response({"models": _registry_view(request, "models_view")})
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    db = request.app[DATABASE]
+    if not db.writer.running:
+        raise Unavailable("the database writer is not running")
+    try:
+        await db.ping()
+    except Exception as exc:
+        raise Unavailable(f"database unreachable: {type(exc).__name__}") from None
+    return json_response({"status": "ready", "database": db.dialect})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    core = Core.of(request.app)
+    gauges: list[tuple[str, str, str, dict[str, str], float]] = []
+    for status, count in (await job_service.count_by_status(core)).items():
+        gauges.append(("ait_jobs", "gauge", "Jobs by status.", {"status": status}, count))
+    writer = core.db.writer
+    gauges.append(
+        ("ait_db_commits_total", "counter", "Group-commit transactions.", {}, writer.batches)
+    )
+    gauges.append(
+        ("ait_db_writes_total", "counter", "Write operations committed.", {}, writer.operations)
+    )
+    registry = request.app.get(MINER_REGISTRY)
+    if registry is not None:
+        gauges.append(
+            ("ait_miners_connected", "gauge", "Connected miners.", {}, len(registry.miners_view()))
+        )
+    text = request.app[METRICS].render(gauges)
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+@routes.get("/v1/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    from coordinator.openapi import build_openapi
+
+    return json_response(build_openapi())

@@ -1,0 +1,53 @@
+"""Typed application state shared by the coordinator's parts (aiohttp `web.AppKey`s).
+
+Every part reads what it needs from the app: `app[DATABASE]`, `app[JOB_BUS]`, ...
+`MINER_REGISTRY` is set by `coordinator.hub.setup_hub(app)`; the REST side uses only the
+methods of `MinerRegistryProtocol`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from coordinator.bus import JobBus
+    from coordinator.db.database import Database
+    from coordinator.domain.jobs import Job
+    from coordinator.domain.pricing import Offer
+    from coordinator.metrics import Metrics
+    from coordinator.settings import Settings
+
+
+class MinerRegistryProtocol(Protocol):
+    """What the REST API asks the hub's in-process miner registry."""
+
+    def queue_reason(self, job: Job) -> str | None:
+        """A sentence saying why a queued job is not running now; None if it should run."""
+
+    def never_matches_reason(self, job: Job) -> str | None:
+        """Why no connected or registered miner could ever run the job (model/requirements,
+        ignoring how busy miners are); None when some miner could. Used for
+        `fail_if_unmatched`."""
+
+    def offers(self, model: str) -> Sequence[Offer]:
+        """Advertised prices for `model` of connected (and known registered) miners."""
+
+    def miners_view(self) -> list[dict[str, Any]]:
+        """`GET /v1/miners` items: miner_id, gpus, models, prices, status, jobs_completed,
+        reputation."""
+
+    def models_view(self) -> list[dict[str, Any]]:
+        """`GET /v1/models` items: model, miners online, price range."""
+
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("ait_settings")
+DATABASE: web.AppKey[Database] = web.AppKey("ait_database")  # engines + group-commit writer
+JOB_BUS: web.AppKey[JobBus] = web.AppKey("ait_job_bus")
+MINER_REGISTRY: web.AppKey[MinerRegistryProtocol] = web.AppKey("ait_miner_registry")
+COORDINATOR_KEY: web.AppKey[Ed25519PrivateKey] = web.AppKey("ait_coordinator_key")
+METRICS: web.AppKey[Metrics] = web.AppKey("ait_metrics")

@@ -1,0 +1,199 @@
+"""In-process job event bus: SSE streams, hub cancel notices and dispatcher wake-ups.
+
+Events are small JSON-able dicts with at least `type` and `job_id`:
+`{"type": "status", "job_id", "status", "progress", ...}`, `{"type": "progress", ...}`,
+`{"type": "cancel", "job_id", "miner_id"}`.
+
+On PostgreSQL several coordinator processes share one queue: `attach_postgres` LISTENs on
+`ait_jobs` (wake-ups) and `ait_events` (job events), and `publish`/`wake` also NOTIFY, so a
+job submitted on one process is dispatched by another and its events reach every SSE stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+WAKE_CHANNEL = "ait_jobs"
+EVENTS_CHANNEL = "ait_events"
+SUBSCRIPTION_QUEUE = 256  # events kept per slow subscriber before the oldest are dropped
+MAX_NOTIFY_BYTES = 7000  # PostgreSQL's NOTIFY payload limit is 8000 bytes
+RECONNECT_FIRST_S = 0.2
+RECONNECT_MAX_S = 10.0
+
+
+class Subscription:
+    """A bounded queue of events for one job (or all jobs when `job_id` is None)."""
+
+    def __init__(self, bus: JobBus, job_id: str | None) -> None:
+        self.job_id = job_id
+        self._bus = bus
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIPTION_QUEUE)
+
+    def _put(self, event: dict[str, Any]) -> None:
+        if self._queue.full():  # keep the newest: a stream wants the latest state
+            self._queue.get_nowait()
+        self._queue.put_nowait(event)
+
+    async def get(self, wait_seconds: float | None = None) -> dict[str, Any] | None:
+        """The next event, or None after `wait_seconds`."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), wait_seconds)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self._bus._unsubscribe(self)
+
+
+class JobBus:
+    def __init__(self) -> None:
+        self._subs: dict[str | None, set[Subscription]] = {}
+        self._wake = asyncio.Event()
+        self._origin = f"{os.getpid()}:{id(self)}"
+        self._pg: Any = None  # asyncpg connection when attached
+        self._pg_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()  # NOTIFY tasks kept alive until done
+        self._dsn = ""
+        self._closing = False
+        self._wake_notify_pending = False
+        self._reconnect_task: asyncio.Task[None] | None = None
+
+    # -- events ---------------------------------------------------------------------------
+    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+        """Deliver to local subscribers now; NOTIFY other processes when on PostgreSQL."""
+        event = {**event, "job_id": job_id}
+        self._deliver(event)
+        if self._pg is not None:
+            payload = orjson.dumps({"origin": self._origin, "event": event}).decode()
+            if len(payload) <= MAX_NOTIFY_BYTES:
+                self._spawn_notify(EVENTS_CHANNEL, payload)
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        for key in (event.get("job_id"), None):
+            for sub in tuple(self._subs.get(key, ())):
+                sub._put(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: str | None) -> AsyncIterator[Subscription]:
+        """Events of one job, or of every job with `job_id=None` (the hub's cancel feed)."""
+        sub = Subscription(self, job_id)
+        self._subs.setdefault(job_id, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            sub.close()
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.job_id]
+
+    # -- wake-ups -------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Tell the dispatcher there is new work (a new job, a freed lease, a new miner)."""
+        self._wake.set()
+        if self._pg is not None and not self._wake_notify_pending:
+            # Coalesced: while one wake-up NOTIFY waits to be sent, more add nothing.
+            self._wake_notify_pending = True
+            self._spawn_notify(WAKE_CHANNEL, self._origin)
+
+    async def wait_for_work(self, wait_seconds: float) -> bool:
+        """Sleep until `wake()` or `wait_seconds`; True when woken. Clears the flag."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), wait_seconds)
+            woken = True
+        except TimeoutError:
+            woken = False
+        self._wake.clear()
+        return woken
+
+    # -- PostgreSQL LISTEN/NOTIFY ---------------------------------------------------------
+    async def attach_postgres(self, dsn: str) -> None:
+        """LISTEN on a dedicated connection; it is re-made (capped back-off) if it drops."""
+        self._dsn = dsn
+        await self._connect()
+
+    async def _connect(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self._dsn)
+        await conn.add_listener(WAKE_CHANNEL, self._on_notify)
+        await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+        conn.add_termination_listener(self._on_terminated)
+        self._pg = conn
+
+    def _on_terminated(self, conn: Any) -> None:
+        if self._closing or conn is not self._pg:
+            return
+        self._pg = None  # NOTIFYs pause; SSE streams and the dispatcher re-read meanwhile
+        log.warning("LISTEN connection lost; reconnecting")
+        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = RECONNECT_FIRST_S
+        while not self._closing:
+            try:
+                await self._connect()
+            except Exception as exc:
+                log.warning("LISTEN reconnect failed: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            self._wake.set()  # work may have arrived while deaf
+            return
+
+    async def close(self) -> None:
+        self._closing = True
+        task, self._reconnect_task = self._reconnect_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._tasks:  # NOTIFYs in flight finish before their connection closes
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        async with self._pg_lock:
+            if self._pg is not None:
+                pg, self._pg = self._pg, None
+                with contextlib.suppress(Exception):
+                    await pg.close()
+
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        if channel == WAKE_CHANNEL:
+            if payload != self._origin:
+                self._wake.set()
+            return
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if message.get("origin") != self._origin and isinstance(message.get("event"), dict):
+            self._deliver(message["event"])
+
+    def _spawn_notify(self, channel: str, payload: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._notify(channel, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    async def _notify(self, channel: str, payload: str) -> None:
+        async with self._pg_lock:
+            if channel == WAKE_CHANNEL:
+                self._wake_notify_pending = False
+            if self._pg is not None and not self._closing:
+                await self._pg.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("NOTIFY failed", exc_info=task.exception())

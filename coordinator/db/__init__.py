@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy Core tables, versioned migrations, engines, group-commit writer."""

@@ -1,0 +1,69 @@
+"""Versioned schema migrations, recorded in `schema_version`.
+
+A new database gets the current tables of `schema.py` and every version stamped as applied
+(like `alembic stamp head`). An existing database runs, in order, each migration newer than
+its highest recorded version. To change the schema: edit `schema.py` *and* append a
+`Migration` whose `apply` brings a database of the previous version to the new shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy import inspect, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.db import schema
+from protocol.timefmt import now_ms
+
+_PG_MIGRATION_LOCK = 0x41_49_54_01  # pg_advisory_xact_lock key: one migrator at a time
+
+
+class SchemaError(RuntimeError):
+    """The database holds a schema this coordinator cannot use."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[AsyncConnection], Awaitable[None]] | None  # None: only in create_all
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", None),)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+async def migrate(conn: AsyncConnection) -> int:
+    """Bring the database to `LATEST_VERSION` inside the caller's transaction."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+    exists = await conn.run_sync(lambda c: inspect(c).has_table("schema_version"))
+    if not exists:
+        for meta in schema.ALL_METADATA:
+            await conn.run_sync(meta.create_all)
+        stamp = now_ms()
+        await conn.execute(
+            schema.schema_version.insert(),
+            [{"version": m.version, "name": m.name, "applied_at_ms": stamp} for m in MIGRATIONS],
+        )
+        return LATEST_VERSION
+    rows = await conn.execute(select(schema.schema_version.c.version))
+    current = max((row.version for row in rows), default=0)
+    if current > LATEST_VERSION:
+        raise SchemaError(
+            f"database schema version {current} is newer than this coordinator "
+            f"({LATEST_VERSION}); upgrade the coordinator"
+        )
+    for migration in MIGRATIONS:
+        if migration.version <= current:
+            continue
+        if migration.apply is None:
+            raise SchemaError(f"migration {migration.version} has no upgrade step")
+        await migration.apply(conn)
+        await conn.execute(
+            schema.schema_version.insert(),
+            {"version": migration.version, "name": migration.name, "applied_at_ms": now_ms()},
+        )
+    return LATEST_VERSION

@@ -1,0 +1,1 @@
+"""Pure coordinator domain: job state machine, pricing, matching. Nothing here awaits."""

@@ -1,0 +1,150 @@
+"""The job state machine and the job record.
+
+```
+            claim               result ok
+  queued ───────────▶ running ───────────▶ completed
+    ▲  │                │  │
+    │  │   lease expired│  │ failed attempt (attempts < max)
+    │  │  ◀─────────────┘  │
+    │  │                   ├──────────────▶ failed      (attempts exhausted / bad input)
+    │  ├──────────────────▶├──────────────▶ cancelled   (DELETE /v1/jobs/{job_id})
+    │  └──────────────────▶└──────────────▶ timed_out   (deadline passed)
+```
+A job leaves the queue only through a claim, and every terminal state is final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+TERMINAL: frozenset[JobStatus] = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
+)
+
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
+    ),
+    JobStatus.RUNNING: frozenset(
+        {
+            JobStatus.QUEUED,
+            JobStatus.COMPLETED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+            JobStatus.TIMED_OUT,
+        }
+    ),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+    JobStatus.TIMED_OUT: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, target: JobStatus) -> bool:
+    return target in TRANSITIONS[current]
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        """Stored as an int so the queue orders by `priority DESC, created_at_ms ASC`."""
+        return _PRIORITY_RANK[self]
+
+    @classmethod
+    def from_rank(cls, rank: int) -> Priority:
+        return _RANK_PRIORITY[rank]
+
+
+_PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}
+_RANK_PRIORITY = {rank: prio for prio, rank in _PRIORITY_RANK.items()}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a job needs from a miner; `gpu_type` is lower-cased, otherwise as the client sent."""
+
+    gpu_type: str | None = None
+    gpu_count: int = 1
+    min_vram_gb: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gpu_type": self.gpu_type,
+            "gpu_count": self.gpu_count,
+            "min_vram_gb": self.min_vram_gb,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Requirements:
+        return cls(
+            gpu_type=data.get("gpu_type"),
+            gpu_count=int(data.get("gpu_count", 1)),
+            min_vram_gb=data.get("min_vram_gb"),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the jobs table as a value; services build new ones, never mutate."""
+
+    job_id: str
+    client_address: str
+    key_id: str
+    chain_id: str
+    model: str
+    status: JobStatus
+    priority: Priority
+    requirements: Requirements
+    params: Mapping[str, Any]
+    output_config: Mapping[str, Any]
+    input_json: str | None  # the JSON input as text; None when the input is a file
+    input_file_id: str | None
+    input_sha256: str  # sha256 of the bytes the miner receives (file bytes or UTF-8 JSON text)
+    input_bytes: int
+    timeout_seconds: int
+    deadline_ms: int  # created_at_ms + timeout_seconds: queue time counts too
+    max_price_uait: int | None
+    estimated_cost_uait: int  # held in escrow (hold:{job_id})
+    estimated_units: int
+    estimated_time_seconds: int
+    created_at_ms: int
+    updated_at_ms: int
+    name: str | None = None
+    cost_uait: int | None = None
+    progress: int = 0
+    progress_message: str | None = None
+    attempts: int = 0
+    miner_id: str | None = None
+    miner_address: str | None = None
+    lease_expires_at_ms: int | None = None
+    started_at_ms: int | None = None
+    completed_at_ms: int | None = None
+    error: str | None = None
+    result: Any = None
+    output_sha256: str | None = None
+    output_content_type: str | None = None
+    output_filename: str | None = None
+    output_size: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL

@@ -1,0 +1,170 @@
+"""Pure scheduler: which queued job goes to which connected miner, and why not.
+
+Rules (docs/protocol.md, "Scheduling"):
+- a miner is *eligible* for a job when it serves the job's model at a price whose
+  estimated whole-job cost (price x the job's estimated units) is within the job's
+  ``max_price`` and one of its GPU groups has the wanted ``gpu_type`` (or
+  family: "a100" takes "a100-80gb"), at least ``min_vram_gb`` per device and at least
+  ``gpu_count`` devices; a job without hardware requirements also runs on a CPU miner;
+- jobs are served ``high`` before ``normal`` before ``low``, first in first out within a
+  priority; a job that no free miner can take does not block the jobs behind it;
+- among eligible miners with a free slot the cheapest wins, then the least loaded.
+
+Nothing here awaits or touches storage; the hub feeds it snapshots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from protocol.messages import GpuInfo, ModelOffer, gpu_type_matches
+from protocol.money import format_ait
+
+PRIORITIES = ("high", "normal", "low")
+PRIORITY_RANK: Mapping[str, int] = {name: rank for rank, name in enumerate(PRIORITIES)}
+
+
+@dataclass(frozen=True)
+class JobDemand:
+    """What a queued job asks of a miner."""
+
+    job_id: str
+    model: str
+    priority: str = "normal"
+    created_ms: int = 0
+    gpu_type: str | None = None  # normalised
+    gpu_count: int = 1
+    min_vram_gb: float = 0
+    max_price_uait: int | None = None  # cap on the whole job's cost
+    estimated_units: int = 1
+
+    @property
+    def wants_hardware(self) -> bool:
+        return self.gpu_type is not None or self.min_vram_gb > 0 or self.gpu_count > 1
+
+
+@dataclass(frozen=True)
+class MinerSnapshot:
+    """One connected miner as the scheduler sees it."""
+
+    miner_id: str
+    gpus: tuple[GpuInfo, ...]
+    models: tuple[ModelOffer, ...]
+    free_slots: int
+
+    def offer(self, model: str) -> ModelOffer | None:
+        return next((m for m in self.models if m.name == model), None)
+
+
+def sort_jobs(jobs: Iterable[JobDemand]) -> list[JobDemand]:
+    """Priority order: high, normal, low; oldest first within one priority."""
+    return sorted(jobs, key=lambda j: (PRIORITY_RANK.get(j.priority, 1), j.created_ms, j.job_id))
+
+
+def _gpu_fits(gpu: GpuInfo, job: JobDemand) -> bool:
+    if job.gpu_type is not None and not gpu_type_matches(gpu.gpu_type, job.gpu_type):
+        return False
+    if not job.wants_hardware:
+        return True
+    if gpu.gpu_type == "cpu" and job.gpu_type != "cpu":
+        return False
+    return gpu.vram_gb >= job.min_vram_gb and gpu.count >= job.gpu_count
+
+
+def hardware_fits(gpus: Sequence[GpuInfo], job: JobDemand) -> bool:
+    return any(_gpu_fits(gpu, job) for gpu in gpus)
+
+
+def price_fits(offer: ModelOffer, job: JobDemand) -> bool:
+    limit = job.max_price_uait
+    return limit is None or offer.price_uait_per_unit * job.estimated_units <= limit
+
+
+def eligible(miner: MinerSnapshot, job: JobDemand) -> bool:
+    """The miner could run the job now or once it has a free slot."""
+    offer = miner.offer(job.model)
+    return offer is not None and price_fits(offer, job) and hardware_fits(miner.gpus, job)
+
+
+def _offer(miner: MinerSnapshot, job: JobDemand) -> ModelOffer:
+    offer = miner.offer(job.model)
+    assert offer is not None, "only called for miners that serve the model"
+    return offer
+
+
+def _price(miner: MinerSnapshot, job: JobDemand) -> int:
+    return _offer(miner, job).price_uait_per_unit
+
+
+def _rank(miner: MinerSnapshot, job: JobDemand, slots: Mapping[str, int]) -> tuple[int, int, str]:
+    return (_price(miner, job), -slots[miner.miner_id], miner.miner_id)
+
+
+def plan(jobs: Iterable[JobDemand], miners: Iterable[MinerSnapshot]) -> list[tuple[str, str]]:
+    """(job_id, miner_id) pairs to claim, in priority order, within every free slot."""
+    pool = list(miners)
+    slots = {m.miner_id: max(0, m.free_slots) for m in pool}
+    pairs: list[tuple[str, str]] = []
+    for job in sort_jobs(jobs):
+        if not any(slots.values()):
+            break
+        candidates = [m for m in pool if slots[m.miner_id] > 0 and eligible(m, job)]
+        if not candidates:
+            continue
+        best = min(candidates, key=lambda m: _rank(m, job, slots))
+        slots[best.miner_id] -= 1
+        pairs.append((job.job_id, best.miner_id))
+    return pairs
+
+
+def _miners(n: int) -> str:
+    return f"{n} miner" if n == 1 else f"{n} miners"
+
+
+def _serve(n: int) -> str:
+    return f"{_miners(n)} serves" if n == 1 else f"{_miners(n)} serve"
+
+
+def queue_reason(job: JobDemand, miners: Iterable[MinerSnapshot]) -> str:
+    """One sentence: why this queued job is not running yet (the first unmet condition)."""
+    pool = list(miners)
+    if not pool:
+        return f"no miner is connected; waiting for one that serves model {job.model}"
+    serving = [m for m in pool if m.offer(job.model) is not None]
+    if not serving:
+        return f"no connected miner serves model {job.model}"
+    head = f"{_serve(len(serving))} {job.model} but"
+    hw = [m for m in serving if hardware_fits(m.gpus, job)]
+    if not hw:
+        return f"{head} {_hardware_gap(serving, job)}"
+    priced = [m for m in hw if price_fits(_offer(m, job), job)]
+    if not priced:
+        cheapest = min(_price(m, job) for m in hw) * job.estimated_units
+        limit = job.max_price_uait or 0
+        return (
+            f"{head} the cheapest would cost about {format_ait(cheapest)} AIT for this job, "
+            f"above max_price {format_ait(limit)}"
+        )
+    free = [m for m in priced if m.free_slots > 0]
+    if not free:
+        n = len(priced)
+        return "the only matching miner is busy" if n == 1 else f"all {n} matching miners are busy"
+    return "a matching miner has a free slot; jobs ahead of it in the queue go first"
+
+
+def _hardware_gap(serving: Sequence[MinerSnapshot], job: JobDemand) -> str:
+    """Name the first hardware requirement none of the serving miners meets."""
+    gpus = [g for m in serving for g in m.gpus if g.gpu_type != "cpu" or job.gpu_type == "cpu"]
+    if job.gpu_type is not None:
+        gpus = [g for g in gpus if gpu_type_matches(g.gpu_type, job.gpu_type)]
+        if not gpus:
+            return f"none has gpu_type {job.gpu_type}"
+    elif not gpus:
+        return "none has a GPU"
+    if job.min_vram_gb > 0 and not any(g.vram_gb >= job.min_vram_gb for g in gpus):
+        return f"none has ≥ {job.min_vram_gb:g} GiB VRAM"
+    if not any(g.count >= job.gpu_count for g in gpus):
+        return f"none has {job.gpu_count} GPUs of the wanted type"
+    what = f"{job.gpu_count}× {job.gpu_type or 'GPU'} with ≥ {job.min_vram_gb:g} GiB VRAM"
+    return f"none has {what} on one host"

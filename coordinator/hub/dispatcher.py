@@ -1,0 +1,173 @@
+"""The hub's background tasks: dispatcher, lease reaper and cancel listener.
+
+- Dispatcher: woken by ``JobBus.wake()`` (a new job, a freed slot, a new miner, or a
+  NOTIFY from another coordinator process) and, as a safety net, every ``POLL_S``; it
+  plans with the pure scheduler over the queued jobs and the free miners, claims each
+  pair atomically and pushes ``assign`` at once. Miners never poll.
+- Reaper: expires leases that were not renewed (re-queue or fail by attempts) and ends
+  jobs past their deadline (``timed_out``), telling the miner that held them to stop.
+- Cancel listener: a ``cancel`` event on the bus (client cancel, time-out) is pushed to
+  the miner running that job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from coordinator.domain.jobs import Job, JobStatus
+from coordinator.domain.matching import plan
+from coordinator.hub.registry import MinerConn, MinerRegistry, demand_of
+from coordinator.service import lifecycle
+from coordinator.service.core import Core
+from coordinator.service.dispatch import assignment
+from coordinator.service.lifecycle import Change, MinerIdentity
+from protocol.messages import Cancel
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0  # dispatcher safety net when no wake-up comes
+QUEUE_SCAN = 500  # queued jobs considered per round
+MAX_ROUNDS = 10  # planning rounds per wake-up before waiting again
+ASSIGNED, LOST, SKIPPED = "assigned", "lost", "skipped"  # outcomes of one claim
+REAP_MIN_S = 0.05
+REAP_MAX_S = 1.0
+
+
+class Hub:
+    def __init__(self, app: web.Application, registry: MinerRegistry) -> None:
+        self.app = app
+        self.registry = registry
+
+    @property
+    def core(self) -> Core:
+        return Core.of(self.app)
+
+    # -- dispatcher -------------------------------------------------------------------
+    async def dispatch_forever(self) -> None:
+        core = self.core
+        while True:
+            try:
+                for _ in range(MAX_ROUNDS):
+                    if not await self.dispatch_once(core):
+                        break
+            except Exception:
+                log.exception("dispatch round failed; retrying")
+            await core.bus.wait_for_work(POLL_S)
+
+    async def dispatch_once(self, core: Core) -> bool:
+        """One planning round; True when another round may place more: the scan was full,
+        or a claim was lost to another coordinator process (its miner is still free)."""
+        free = [c for c in self.registry.connections() if c.free_slots > 0]
+        if not free:
+            return False
+        jobs = await lifecycle.list_queued(core, QUEUE_SCAN)
+        if not jobs:
+            return False
+        by_id = {j.job_id: j for j in jobs}
+        pairs = plan([demand_of(j) for j in jobs], [c.snapshot() for c in free])
+        # Claim the whole plan at once: the claims share one group commit instead of
+        # waiting for a commit each (docs/benchmarks.md: serial claims capped dispatch).
+        claims = []
+        reserved: dict[str, int] = {}
+        for job_id, miner_id in pairs:
+            conn = self.registry.get(miner_id)
+            if conn is None or conn.free_slots - reserved.get(miner_id, 0) <= 0:
+                continue
+            reserved[miner_id] = reserved.get(miner_id, 0) + 1
+            claims.append(self._assign(core, conn, by_id[job_id]))
+        outcomes = await asyncio.gather(*claims)
+        assigned = outcomes.count(ASSIGNED)
+        return (assigned > 0 and len(jobs) == QUEUE_SCAN) or LOST in outcomes
+
+    async def _assign(self, core: Core, conn: MinerConn, job: Job) -> str:
+        job_id = job.job_id
+        offer = conn.advert.offer(job.model)
+        if offer is None:
+            return SKIPPED
+        identity = MinerIdentity(conn.miner_id, conn.address, conn.public_key)
+        claimed = await lifecycle.claim_job(
+            core, job_id, identity, offer.price_uait_per_unit, offer.unit
+        )
+        if claimed is None:
+            return LOST  # taken by another process, cancelled or past its deadline
+        conn.running.add(job_id)
+        msg = await assignment(core, claimed, offer)
+        if not await conn.send(msg):
+            conn.running.discard(job_id)
+            await lifecycle.release_job(core, job_id, conn.miner_id, "miner went away")
+            return SKIPPED
+        log.info(
+            "job assigned",
+            extra={"job_id": job_id, "miner_id": conn.miner_id, "attempt": claimed.attempts},
+        )
+        return ASSIGNED
+
+    # -- reaper -----------------------------------------------------------------------
+    async def reap_forever(self) -> None:
+        core = self.core
+        period = min(REAP_MAX_S, max(REAP_MIN_S, core.settings.lease_seconds / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.reap_once(core)
+            except Exception:
+                log.exception("reaper round failed; retrying")
+
+    async def reap_once(self, core: Core) -> None:
+        for change in await lifecycle.expire_leases(core):
+            await self._stop_holder(change, "lease expired")
+        # Timed-out jobs publish a cancel event; the cancel listener stops their miners.
+        await lifecycle.time_out_jobs(core)
+
+    async def _stop_holder(self, change: Change, reason: str) -> None:
+        job = change.job
+        if job is None:
+            return
+        conn = self.registry.holder_of(job.job_id)
+        if conn is not None:
+            conn.running.discard(job.job_id)
+            await conn.send(Cancel(job.job_id, reason))
+            self.core.bus.wake()
+        if job.status == JobStatus.QUEUED:
+            log.info("lease expired; job re-queued", extra={"job_id": job.job_id})
+
+    # -- cancel listener --------------------------------------------------------------
+    async def cancels_forever(self) -> None:
+        core = self.core
+        async with core.bus.subscribe(None) as sub:
+            while True:
+                event = await sub.get()
+                if event is None or event.get("type") != "cancel":
+                    continue
+                job_id = str(event.get("job_id"))
+                conn = self.registry.holder_of(job_id)
+                if conn is None:
+                    continue  # held by a miner on another process, or already gone
+                conn.running.discard(job_id)
+                reason = str(event.get("reason") or "cancelled")
+                await conn.send(Cancel(job_id, _reason_text(reason)))
+                core.bus.wake()
+
+
+def _reason_text(reason: str) -> str:
+    return {
+        "cancelled": "cancelled by the client",
+        "timed_out": "timed out: timeout_seconds passed",
+    }.get(reason, reason)
+
+
+async def hub_tasks(app: web.Application, hub: Hub) -> AsyncIterator[None]:
+    """cleanup_ctx body: run the three loops for the app's lifetime."""
+    tasks = [
+        asyncio.create_task(hub.dispatch_forever(), name="ait-dispatcher"),
+        asyncio.create_task(hub.reap_forever(), name="ait-lease-reaper"),
+        asyncio.create_task(hub.cancels_forever(), name="ait-cancel-listener"),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

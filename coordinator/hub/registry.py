@@ -1,0 +1,233 @@
+"""In-process registry of the miners connected to this coordinator process.
+
+It holds each connection's advert, running jobs and a way to send it frames, answers the
+REST side's questions (``queue_reason``, ``offers``, the ``/v1/miners`` and ``/v1/models``
+views) and gives the dispatcher snapshots for the pure scheduler. Miners that disconnected
+are remembered (bounded) so prices and ``never_matches_reason`` survive a short cut.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.domain.jobs import Job, JobStatus
+from coordinator.domain.matching import (
+    JobDemand,
+    MinerSnapshot,
+    eligible,
+    hardware_fits,
+    queue_reason,
+)
+from coordinator.domain.pricing import Offer
+from protocol.messages import Advert, Message, normalise_gpu_type
+from protocol.money import uait_to_ait
+from protocol.timefmt import iso_ms, now_ms
+
+MAX_REMEMBERED = 1000  # disconnected miners kept for prices and reasons
+
+Sender = Callable[[Message], Awaitable[bool]]
+Closer = Callable[[int, str], Awaitable[None]]
+
+
+@dataclass
+class Track:
+    """What this process has seen a miner do (for jobs_completed and reputation)."""
+
+    completed: int = 0
+    failed: int = 0
+    rejected: int = 0
+
+    @property
+    def reputation(self) -> float:
+        # Laplace-smoothed share of good outcomes: a new miner starts at 0.5.
+        good, bad = self.completed, self.failed + self.rejected
+        return round((good + 1) / (good + bad + 2), 3)
+
+
+@dataclass
+class MinerConn:
+    """One authenticated websocket connection (mutable: running jobs change)."""
+
+    miner_id: str
+    public_key: str
+    address: str
+    key_id: str
+    advert: Advert
+    send: Sender  # False when the socket is gone
+    close: Closer
+    connected_ms: int = field(default_factory=now_ms)
+    running: set[str] = field(default_factory=set)
+    draining: bool = False
+    resumed: bool = False  # no assignments until the miner said what it still runs
+    utilisation: int = 0
+
+    @property
+    def free_slots(self) -> int:
+        if self.draining or not self.resumed:
+            return 0
+        return max(0, self.advert.max_concurrency - len(self.running))
+
+    def snapshot(self) -> MinerSnapshot:
+        return MinerSnapshot(self.miner_id, self.advert.gpus, self.advert.models, self.free_slots)
+
+
+def demand_of(job: Job) -> JobDemand:
+    """The scheduler's view of a job row."""
+    req = job.requirements
+    return JobDemand(
+        job_id=job.job_id,
+        model=job.model,
+        priority=str(job.priority),
+        created_ms=job.created_at_ms,
+        gpu_type=normalise_gpu_type(req.gpu_type) if req.gpu_type else None,
+        gpu_count=max(1, req.gpu_count),
+        min_vram_gb=req.min_vram_gb or 0,
+        max_price_uait=job.max_price_uait,
+        estimated_units=max(1, job.estimated_units),
+    )
+
+
+class MinerRegistry:
+    def __init__(self) -> None:
+        self._conns: dict[str, MinerConn] = {}
+        self._known: OrderedDict[str, Advert] = OrderedDict()
+        self._tracks: dict[str, Track] = {}
+
+    # -- connections ------------------------------------------------------------------
+    def add(self, conn: MinerConn) -> MinerConn | None:
+        """Register a connection; returns the older connection of the same miner, if any."""
+        old = self._conns.get(conn.miner_id)
+        self._conns[conn.miner_id] = conn
+        self._known[conn.miner_id] = conn.advert
+        self._known.move_to_end(conn.miner_id)
+        while len(self._known) > MAX_REMEMBERED:
+            self._known.popitem(last=False)
+        return old
+
+    def remember(self, miner_id: str, advert: Advert) -> None:
+        """A miner seen before (e.g. stored in the database) that is not connected now."""
+        if miner_id not in self._conns:
+            self._known[miner_id] = advert
+            self._known.move_to_end(miner_id)
+            while len(self._known) > MAX_REMEMBERED:
+                self._known.popitem(last=False)
+
+    def remove(self, conn: MinerConn) -> None:
+        if self._conns.get(conn.miner_id) is conn:
+            del self._conns[conn.miner_id]
+
+    def count_for_key(self, key_id: str, besides: str) -> int:
+        """Connected miners authenticated with ``key_id`` other than ``besides``."""
+        return sum(1 for c in self._conns.values() if c.key_id == key_id and c.miner_id != besides)
+
+    def get(self, miner_id: str | None) -> MinerConn | None:
+        return self._conns.get(miner_id) if miner_id else None
+
+    def connections(self) -> list[MinerConn]:
+        return list(self._conns.values())
+
+    def holder_of(self, job_id: str) -> MinerConn | None:
+        return next((c for c in self._conns.values() if job_id in c.running), None)
+
+    def track(self, miner_id: str) -> Track:
+        return self._tracks.setdefault(miner_id, Track())
+
+    def snapshots(self) -> list[MinerSnapshot]:
+        return [c.snapshot() for c in self._conns.values()]
+
+    # -- MinerRegistryProtocol --------------------------------------------------------
+    def queue_reason(self, job: Job) -> str | None:
+        if job.status != JobStatus.QUEUED:
+            return None
+        return queue_reason(demand_of(job), self.snapshots())
+
+    def never_matches_reason(self, job: Job) -> str | None:
+        demand = demand_of(job)
+        known = [MinerSnapshot(mid, a.gpus, a.models, 1) for mid, a in self._known.items()]
+        if any(eligible(m, demand) for m in known):
+            return None
+        serving = [m for m in known if m.offer(demand.model) is not None]
+        if serving and any(hardware_fits(m.gpus, demand) for m in serving):
+            return None  # only the price is off: prices change, keep the job
+        return queue_reason(demand, known)
+
+    def offers(self, model: str) -> Sequence[Offer]:
+        found = []
+        for miner_id, advert in self._known.items():
+            offer = advert.offer(model)
+            if offer is not None:
+                connected = miner_id in self._conns
+                found.append(
+                    Offer(miner_id, model, offer.price_uait_per_unit, offer.unit, connected)
+                )
+        return found
+
+    def miners_view(self) -> list[dict[str, Any]]:
+        out = []
+        for conn in sorted(self._conns.values(), key=lambda c: c.miner_id):
+            track = self.track(conn.miner_id)
+            out.append(
+                {
+                    "miner_id": conn.miner_id,
+                    "address": conn.address,
+                    "status": "draining"
+                    if conn.draining
+                    else ("busy" if not conn.free_slots else "idle"),
+                    "gpus": [g.to_json() for g in conn.advert.gpus],
+                    "models": [
+                        {
+                            "name": m.name,
+                            "runtime": m.runtime,
+                            "unit": m.unit,
+                            "price": uait_to_ait(m.price_uait_per_unit),
+                            "price_uait_per_unit": m.price_uait_per_unit,
+                        }
+                        for m in conn.advert.models
+                    ],
+                    "max_concurrency": conn.advert.max_concurrency,
+                    "running_jobs": len(conn.running),
+                    "utilisation": conn.utilisation,
+                    "software_version": conn.advert.software_version,
+                    "connected_at": iso_ms(conn.connected_ms),
+                    "jobs_completed": track.completed,
+                    "reputation": track.reputation,
+                }
+            )
+        return out
+
+    def models_view(self) -> list[dict[str, Any]]:
+        by_model: dict[str, list[tuple[MinerConn, int, str, str]]] = {}
+        for conn in self._conns.values():
+            for m in conn.advert.models:
+                by_model.setdefault(m.name, []).append(
+                    (conn, m.price_uait_per_unit, m.unit, m.runtime)
+                )
+        out = []
+        for name in sorted(by_model):
+            rows = by_model[name]
+            prices = [p for _, p, _, _ in rows]
+            out.append(
+                {
+                    "model": name,
+                    "runtime": rows[0][3],
+                    "unit": rows[0][2],
+                    "miners_online": len(rows),
+                    "free_slots": sum(c.free_slots for c, _, _, _ in rows),
+                    "price_min": uait_to_ait(min(prices)),
+                    "price_max": uait_to_ait(max(prices)),
+                    "price_min_uait_per_unit": min(prices),
+                    "price_max_uait_per_unit": max(prices),
+                }
+            )
+        return out
+
+
+def _status(conn: MinerConn) -> str:
+    if not conn.resumed:
+        return "connecting"
+    if conn.draining:
+        return "draining"
+    return "idle" if conn.free_slots else "busy"

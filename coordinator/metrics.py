@@ -1,0 +1,63 @@
+"""Prometheus text exposition (format 0.0.4) for a few counters and gauges; no dependency."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    parts = []
+    for key, value in sorted(labels.items()):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        parts.append(f'{key}="{escaped}"')
+    return "{" + ",".join(parts) + "}"
+
+
+class Metrics:
+    """Counters updated on the hot path; gauges are computed at scrape time by the caller."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, int]] = Counter()  # (method, route, status)
+        self.request_seconds_sum: dict[tuple[str, str], float] = {}
+        self.jobs_submitted: Counter[str] = Counter()  # by chain
+        self.rate_limited = 0
+        self.sse_streams = 0
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests[(method, route, status)] += 1
+        key = (method, route)
+        self.request_seconds_sum[key] = self.request_seconds_sum.get(key, 0.0) + seconds
+
+    def render(self, gauges: Iterable[tuple[str, str, str, Mapping[str, str], float]]) -> str:
+        """`gauges`: (name, type, help, labels, value) computed by the caller."""
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+
+        family("ait_http_requests_total", "counter", "HTTP requests by method, route, status.")
+        for (method, route, status), count in sorted(self.requests.items()):
+            labels = {"method": method, "route": route, "status": str(status)}
+            lines.append(f"ait_http_requests_total{_labels(labels)} {count}")
+        family("ait_http_request_seconds_sum", "counter", "Total seconds spent handling requests.")
+        for (method, route), seconds in sorted(self.request_seconds_sum.items()):
+            pair = {"method": method, "route": route}
+            lines.append(f"ait_http_request_seconds_sum{_labels(pair)} {seconds:.6f}")
+        family("ait_jobs_submitted_total", "counter", "Jobs accepted by this process.")
+        for chain_id, count in sorted(self.jobs_submitted.items()):
+            lines.append(f"ait_jobs_submitted_total{_labels({'chain_id': chain_id})} {count}")
+        family("ait_rate_limited_total", "counter", "Requests answered 429.")
+        lines.append(f"ait_rate_limited_total {self.rate_limited}")
+        family("ait_sse_streams", "gauge", "Open job event streams.")
+        lines.append(f"ait_sse_streams {self.sse_streams}")
+        seen: set[str] = set()
+        for name, kind, help_text, gauge_labels, value in gauges:
+            if name not in seen:
+                family(name, kind, help_text)
+                seen.add(name)
+            lines.append(f"{name}{_labels(gauge_labels)} {value:g}")
+        return "\n".join(lines) + "\n"

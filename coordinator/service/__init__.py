@@ -1,0 +1,1 @@
+"""Use cases: each handler (and the hub) calls one function here."""

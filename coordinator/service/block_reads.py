@@ -1,0 +1,206 @@
+"""Reads of the block log: pages of blocks, one block, a job's receipt proof, gauges.
+
+The sealer that writes the log is coordinator.service.blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chain.blocks import RECEIPT_TRANSFER_KIND
+from chain.merkle import merkle_proof
+from coordinator.db.database import Database
+from coordinator.db.schema import chain_blocks, ledger_transfers, receipts
+from coordinator.errors import NotFound
+from coordinator.settings import Settings
+
+MAX_BLOCKS_PER_PAGE = 1000
+MAX_ENTRIES_PER_PAGE = 10_000  # a page stops early rather than grow without bound
+DEFAULT_BLOCKS_PER_PAGE = 100
+
+
+def _row_to_block(row: Any) -> dict[str, Any]:
+    return {
+        "header": json.loads(row.header),
+        "entries": json.loads(row.body),
+        "hash": row.hash,
+        "signature": json.loads(row.signature),
+    }
+
+
+Source = AsyncConnection | AsyncEngine | Database
+
+
+@contextlib.asynccontextmanager
+async def _connection(
+    source: Source,
+) -> AsyncIterator[AsyncConnection]:
+    if isinstance(source, AsyncConnection):
+        yield source
+    elif isinstance(source, Database):
+        async with source.read() as conn:
+            yield conn
+    else:
+        async with source.connect() as conn:
+            yield conn
+
+
+async def get_blocks(
+    source: Source,
+    chain_id: str,
+    from_height: int = 0,
+    limit: int = DEFAULT_BLOCKS_PER_PAGE,
+) -> list[dict[str, Any]]:
+    """Blocks of a chain from `from_height` up, in height order: at most `limit`
+    (<= MAX_BLOCKS_PER_PAGE), and no more once MAX_ENTRIES_PER_PAGE entries are reached
+    (always at least one block when there is one)."""
+    limit = max(1, min(limit, MAX_BLOCKS_PER_PAGE))
+    blocks: list[dict[str, Any]] = []
+    entries = 0
+    async with _connection(source) as conn:
+        result = await conn.stream(
+            select(chain_blocks)
+            .where(chain_blocks.c.chain_id == chain_id)
+            .where(chain_blocks.c.height >= from_height)
+            .order_by(chain_blocks.c.height)
+            .limit(limit)
+        )
+        async for row in result:
+            block = _row_to_block(row)
+            entries += len(block["entries"])
+            if blocks and entries > MAX_ENTRIES_PER_PAGE:
+                break
+            blocks.append(block)
+        await result.close()
+    return blocks
+
+
+async def chain_height(source: Source, chain_id: str) -> int | None:
+    """The height of the chain's last block; None when it has none."""
+    async with _connection(source) as conn:
+        value = await conn.scalar(
+            select(func.max(chain_blocks.c.height)).where(chain_blocks.c.chain_id == chain_id)
+        )
+    return None if value is None else int(value)
+
+
+async def receipt_block(source: Source, job_id: str) -> dict[str, Any] | None:
+    """Where a job's receipt is sealed, with a Merkle proof of its payment entry.
+
+    {"chain_id", "height", "merkle_proof", "merkle_root", "block_hash", "entry_index",
+    "entry"} or None while the receipt is not sealed. `entry` is the Merkle leaf (the
+    payment transfer, which holds the receipt): verify_proof(entry, merkle_proof,
+    merkle_root), and merkle_root is in the signed header of block `height`.
+    """
+    async with _connection(source) as conn:
+        located = (
+            await conn.execute(
+                select(receipts.c.chain_id, receipts.c.block_height).where(
+                    receipts.c.job_id == job_id
+                )
+            )
+        ).first()
+        if located is None or located.block_height is None:
+            return None
+        row = (
+            await conn.execute(
+                select(chain_blocks)
+                .where(chain_blocks.c.chain_id == located.chain_id)
+                .where(chain_blocks.c.height == located.block_height)
+            )
+        ).first()
+    if row is None:
+        return None
+    block = _row_to_block(row)
+    entries: Sequence[Mapping[str, Any]] = block["entries"]
+    for index, entry in enumerate(entries):
+        if entry.get("kind") == RECEIPT_TRANSFER_KIND and entry.get("job_id") == job_id:
+            return {
+                "chain_id": located.chain_id,
+                "height": int(located.block_height),
+                "merkle_proof": merkle_proof(entries, index),
+                "merkle_root": block["header"]["merkle_root"],
+                "block_hash": block["hash"],
+                "entry_index": index,
+                "entry": entry,
+            }
+    return None
+
+
+# --- use cases for coordinator.api.chain -------------------------------------------------
+
+
+def _known_chain(settings: Settings, chain_id: str) -> None:
+    if settings.chain(chain_id) is None:
+        raise NotFound(f"unknown chain {chain_id!r}")
+
+
+async def blocks_page(
+    db: Database, settings: Settings, chain_id: str, from_height: int, limit: int
+) -> dict[str, Any]:
+    """`GET /v1/chain/{chain_id}/blocks`: a page of blocks and where the next one starts."""
+    _known_chain(settings, chain_id)
+    async with db.read() as conn:
+        blocks = await get_blocks(conn, chain_id, from_height, limit)
+        height = await chain_height(conn, chain_id)
+    next_height = blocks[-1]["header"]["height"] + 1 if blocks else from_height
+    has_more = height is not None and next_height <= height
+    return {
+        "chain_id": chain_id,
+        "height": height,  # the last block's height; null while the chain has none
+        "blocks": blocks,
+        "has_more": has_more,
+        "next_from_height": next_height if has_more else None,
+    }
+
+
+async def one_block(db: Database, settings: Settings, chain_id: str, height: int) -> dict[str, Any]:
+    """`GET /v1/chain/{chain_id}/blocks/{height}`."""
+    _known_chain(settings, chain_id)
+    blocks = await get_blocks(db, chain_id, height, 1)
+    if not blocks or blocks[0]["header"]["height"] != height:
+        raise NotFound(f"chain {chain_id!r} has no block at height {height}")
+    return blocks[0]
+
+
+async def chain_gauges(
+    db: Database, settings: Settings
+) -> list[tuple[str, str, str, dict[str, str], float]]:
+    """/metrics gauges per chain (Metrics.render's format): the last block's height and
+    how many settled transfers wait for a block (the sealer's lag)."""
+    gauges: list[tuple[str, str, str, dict[str, str], float]] = []
+    async with db.read() as conn:
+        for chain in settings.chains:
+            height = await chain_height(conn, chain.id)
+            pending = await conn.scalar(
+                select(func.count())
+                .select_from(ledger_transfers)
+                .where(ledger_transfers.c.chain_id == chain.id)
+                .where(ledger_transfers.c.block_height.is_(None))
+            )
+            labels = {"chain_id": chain.id}
+            gauges.append(
+                (
+                    "ait_chain_height",
+                    "gauge",
+                    "Height of the chain's last block (-1: none).",
+                    labels,
+                    float(-1 if height is None else height),
+                )
+            )
+            gauges.append(
+                (
+                    "ait_chain_unsealed_transfers",
+                    "gauge",
+                    "Settled transfers not yet in a block.",
+                    labels,
+                    float(pending or 0),
+                )
+            )
+    return gauges

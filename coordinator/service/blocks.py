@@ -1,0 +1,298 @@
+"""The block sealer and block reads: settled transfers -> signed blocks in chain_blocks.
+
+Every `block_interval_seconds` the sealer takes, per configured chain, the transfers not
+yet in a block (`ledger_transfers.block_height IS NULL`, in `seq` order), attaches the
+signed receipt each payment settles, seals them into the next block with the coordinator
+key (chain.blocks.seal_block), inserts it and stamps `block_height` on the transfers and
+receipts, all in one transaction. Blocks are never rewritten.
+
+Several coordinator processes on one PostgreSQL: a transaction-scoped advisory lock per
+chain lets one of them seal at a time (the others skip the round), and two guards back it
+up: the (chain_id, height) primary key refuses a second block at a height, and the
+transfers are stamped `WHERE block_height IS NULL` with the row count checked, so a
+transfer can never land in two blocks. A refused round rolls back and is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chain.blocks import (
+    GENESIS_PREV_HASH,
+    MAX_ENTRIES_PER_BLOCK,
+    RECEIPT_TRANSFER_KIND,
+    seal_block,
+    transfer_entry,
+)
+from coordinator import appkeys
+from coordinator.db.database import Database
+from coordinator.db.schema import chain_blocks, ledger_transfers, receipts
+
+# GET /v1/jobs/{job_id}/receipt calls blocks.receipt_block; it lives with the reads.
+from coordinator.service.block_reads import receipt_block as receipt_block
+from protocol.canonical import canonical_bytes
+from protocol.keys import PrivateKey, load_or_create_key_file, public_key_hex
+from protocol.timefmt import now_ms
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCKS_PER_ROUND = 20  # a backlog is worked off over rounds, never in one long stall
+# A payment whose receipt row is missing waits this long for it. Settlement writes both in
+# one transaction, so a wait means a bug elsewhere; it is kept short because the block (and
+# every transfer after the payment) waits too. After it the payment is sealed without a
+# receipt, which verification flags as missing-receipt.
+RECEIPT_WAIT_MS = 5_000
+LOG_EVERY_MS = 60_000
+
+
+class SealRace(Exception):
+    """Another sealer took these transfers or this height first; retry next round."""
+
+
+class ForeignSigner(Exception):
+    """The chain's blocks are signed by another coordinator key than this process's.
+
+    A chain signed by two keys could not be verified against the one key /v1/chains
+    publishes, so this process leaves sealing to the coordinator that holds the chain's
+    key (every process on one database must use the same coordinator.key)."""
+
+
+def _lock_key(chain_id: str) -> int:
+    # A stable signed 64-bit key for pg_try_advisory_xact_lock.
+    digest = hashlib.sha256(b"ait-seal:" + chain_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def _tip(conn: AsyncConnection, chain_id: str) -> tuple[int, str, str | None]:
+    """(next height, prev_hash, public key that signed the last block) of a chain."""
+    row = (
+        await conn.execute(
+            select(chain_blocks.c.height, chain_blocks.c.hash, chain_blocks.c.signature)
+            .where(chain_blocks.c.chain_id == chain_id)
+            .order_by(chain_blocks.c.height.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return 0, GENESIS_PREV_HASH, None
+    signer = json.loads(row.signature).get("public_key")
+    return int(row.height) + 1, str(row.hash), signer
+
+
+async def _pending_entries(
+    conn: AsyncConnection, chain_id: str, now: int
+) -> tuple[list[int], list[dict[str, Any]], list[str]]:
+    """(seqs, entries, paid job ids) of the next block's transfers, in seq order."""
+    rows = (
+        await conn.execute(
+            select(ledger_transfers)
+            .where(ledger_transfers.c.chain_id == chain_id)
+            .where(ledger_transfers.c.block_height.is_(None))
+            .order_by(ledger_transfers.c.seq)
+            .limit(MAX_ENTRIES_PER_BLOCK)
+        )
+    ).all()
+    paid_jobs = [r.job_id for r in rows if r.kind == RECEIPT_TRANSFER_KIND and r.job_id]
+    signed: dict[str, tuple[Any, Any]] = {}
+    if paid_jobs:
+        for r in await conn.execute(
+            select(receipts.c.job_id, receipts.c.receipt, receipts.c.signature).where(
+                receipts.c.job_id.in_(paid_jobs)
+            )
+        ):
+            signed[r.job_id] = (json.loads(r.receipt), json.loads(r.signature))
+    seqs: list[int] = []
+    entries: list[dict[str, Any]] = []
+    sealed_jobs: list[str] = []
+    for r in rows:
+        receipt, signature = signed.get(r.job_id, (None, None)) if r.job_id else (None, None)
+        if r.kind == RECEIPT_TRANSFER_KIND and receipt is None:
+            if now - r.created_at_ms < RECEIPT_WAIT_MS:
+                break  # keep seq order: this block ends before the payment
+            log.error("sealing a payment without its receipt", extra={"job_id": r.job_id})
+        seqs.append(int(r.seq))
+        entries.append(
+            transfer_entry(
+                transfer_id=r.transfer_id,
+                kind=r.kind,
+                chain_id=r.chain_id,
+                debit_address=r.debit_address,
+                debit_kind=r.debit_kind,
+                credit_address=r.credit_address,
+                credit_kind=r.credit_kind,
+                amount_uait=int(r.amount_uait),
+                created_at_ms=int(r.created_at_ms),
+                job_id=r.job_id,
+                receipt=receipt if r.kind == RECEIPT_TRANSFER_KIND else None,
+                receipt_signature=signature if r.kind == RECEIPT_TRANSFER_KIND else None,
+            )
+        )
+        if r.kind == RECEIPT_TRANSFER_KIND and receipt is not None:
+            sealed_jobs.append(r.job_id)
+    return seqs, entries, sealed_jobs
+
+
+async def seal_next_block(
+    conn: AsyncConnection, chain_id: str, key: PrivateKey, *, now: int | None = None
+) -> dict[str, Any] | None:
+    """Seal the chain's pending transfers into its next block, inside the caller's
+    transaction; the block, or None when nothing is pending (or another process seals)."""
+    now = now_ms() if now is None else now
+    if conn.dialect.name == "postgresql":
+        locked = await conn.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _lock_key(chain_id)}
+        )
+        if not locked:
+            return None
+    seqs, entries, sealed_jobs = await _pending_entries(conn, chain_id, now)
+    if not entries:
+        return None
+    height, prev_hash, signer = await _tip(conn, chain_id)
+    if signer is not None and signer != public_key_hex(key):
+        raise ForeignSigner(
+            f"chain {chain_id} is signed by coordinator key {signer[:16]}..., this process "
+            f"holds {public_key_hex(key)[:16]}...; copy the chain's coordinator.key here"
+        )
+    block = seal_block(
+        chain_id=chain_id,
+        height=height,
+        prev_hash=prev_hash,
+        entries=entries,
+        created_at_ms=now,
+        private_key=key,
+    )
+    try:
+        await conn.execute(
+            chain_blocks.insert().values(
+                chain_id=chain_id,
+                height=height,
+                hash=block["hash"],
+                prev_hash=prev_hash,
+                merkle_root=block["header"]["merkle_root"],
+                created_at_ms=now,
+                header=canonical_bytes(block["header"]).decode(),
+                body=json.dumps(block["entries"], separators=(",", ":")),
+                signature=json.dumps(block["signature"], separators=(",", ":")),
+            )
+        )
+    except IntegrityError as exc:
+        raise SealRace(f"block {chain_id}/{height} was sealed by another process") from exc
+    stamped = await conn.execute(
+        update(ledger_transfers)
+        .where(ledger_transfers.c.seq.in_(seqs))
+        .where(ledger_transfers.c.block_height.is_(None))
+        .values(block_height=height)
+    )
+    if stamped.rowcount != len(seqs):
+        raise SealRace(f"transfers of {chain_id} were sealed by another process")
+    if sealed_jobs:
+        await conn.execute(
+            update(receipts).where(receipts.c.job_id.in_(sealed_jobs)).values(block_height=height)
+        )
+    return block
+
+
+async def _has_pending(db: Database, chain_id: str) -> bool:
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                select(ledger_transfers.c.seq)
+                .where(ledger_transfers.c.chain_id == chain_id)
+                .where(ledger_transfers.c.block_height.is_(None))
+                .limit(1)
+            )
+        ).first()
+    return row is not None
+
+
+async def seal_pending(db: Database, chain_id: str, key: PrivateKey) -> int:
+    """Seal every pending transfer of a chain (bounded rounds); the number of blocks made."""
+    made = 0
+    if not await _has_pending(db, chain_id):
+        return made  # the common idle case costs a read, not a write transaction
+    for _ in range(MAX_BLOCKS_PER_ROUND):
+
+        async def op(conn: AsyncConnection) -> dict[str, Any] | None:
+            return await seal_next_block(conn, chain_id, key)
+
+        try:
+            block = await db.write(op)
+        except SealRace as exc:
+            log.info("seal round lost: %s", exc)
+            return made
+        if block is None:
+            return made
+        made += 1
+        log.debug(
+            "sealed block",
+            extra={"chain_id": chain_id, "height": block["header"]["height"]},
+        )
+        if block["header"]["entry_count"] < MAX_ENTRIES_PER_BLOCK:
+            return made
+    return made
+
+
+def _coordinator_key(app: web.Application) -> PrivateKey:
+    if appkeys.COORDINATOR_KEY in app:
+        return app[appkeys.COORDINATOR_KEY]
+    # create_app normally loads it; a bare app still gets the data dir's key.
+    return load_or_create_key_file(app[appkeys.SETTINGS].key_path)
+
+
+async def _sealer_loop(app: web.Application) -> None:
+    settings = app[appkeys.SETTINGS]
+    db = app[appkeys.DATABASE]
+    key = _coordinator_key(app)
+    chain_ids = [chain.id for chain in settings.chains]
+    loop = asyncio.get_running_loop()
+    last_logged_ms: dict[str, int] = {}
+
+    def throttled(chain_id: str) -> bool:
+        # A lasting fault (database down, foreign key) is logged once a minute, not per round.
+        if now_ms() - last_logged_ms.get(chain_id, -LOG_EVERY_MS) < LOG_EVERY_MS:
+            return True
+        last_logged_ms[chain_id] = now_ms()
+        return False
+
+    next_round = loop.time()
+    while True:
+        # Fixed rate: a slow round does not push every later block back.
+        next_round += settings.block_interval_seconds
+        await asyncio.sleep(max(0.0, next_round - loop.time()))
+        next_round = max(next_round, loop.time() - settings.block_interval_seconds)
+        for chain_id in chain_ids:
+            try:
+                await seal_pending(db, chain_id, key)
+            except asyncio.CancelledError:
+                raise
+            except ForeignSigner as exc:
+                if not throttled(chain_id):
+                    log.error("not sealing: %s", exc, extra={"chain_id": chain_id})
+            except Exception:
+                # A lost connection or a full writer must not stop sealing for good.
+                if not throttled(chain_id):
+                    log.exception("block sealing failed", extra={"chain_id": chain_id})
+
+
+async def _sealer_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.get_running_loop().create_task(_sealer_loop(app), name="block-sealer")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def setup_sealer(app: web.Application) -> None:
+    """Register the block sealer as a background task of the app (cleanup_ctx)."""
+    app.cleanup_ctx.append(_sealer_ctx)

@@ -1,0 +1,332 @@
+"""Client use cases on jobs: submit (with escrow hold), read, list, rename, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chain import store as ledger_store
+from chain.ledger import Result
+from coordinator.appkeys import MinerRegistryProtocol
+from coordinator.db import schema
+from coordinator.domain import pricing
+from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
+from coordinator.errors import Conflict, InsufficientFunds, NotFound, ValidationFailed
+from coordinator.service.core import Core
+from coordinator.service.keys import ApiKey
+from coordinator.service.lifecycle import Outcome, end_job
+from coordinator.service.records import JOB_COLUMNS, dumps, job_from_row
+from coordinator.service.records import load_job as _load_job_row
+from coordinator.service.throughput import measured_throughput
+from protocol.canonical import sha256_hex
+from protocol.ids import new_job_id
+from protocol.money import format_ait
+from protocol.timefmt import now_ms
+
+jobs = schema.jobs
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated submission (the API layer checked shapes and ranges)."""
+
+    model: str
+    input: Any  # decoded JSON value; a file_id string when `input_file_id` is set
+    chain_id: str
+    priority: Priority
+    requirements: Requirements
+    params: Mapping[str, Any]
+    output_config: Mapping[str, Any]
+    timeout_seconds: int
+    max_price_uait: int | None
+    name: str | None
+    fail_if_unmatched: bool
+    input_file_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FileUpload:
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+async def load_job(conn: AsyncConnection, job_id: str, *, lock: bool = False) -> Job | None:
+    """The job, or None; an id holding NUL (PostgreSQL text cannot) is no job's id."""
+    if "\x00" in job_id:
+        return None
+    return await _load_job_row(conn, job_id, lock=lock)
+
+
+def visible(job: Job | None, key: ApiKey) -> Job:
+    """The job if this key may see it: its owner's address, or an admin. Else 404 (never
+    403: another client's job ids are not confirmed to exist)."""
+    if job is None or (key.role != "admin" and job.client_address != key.address):
+        raise NotFound("no such job")
+    return job
+
+
+async def read_job(core: Core, key: ApiKey, job_id: str) -> Job:
+    async with core.db.read() as conn:
+        return visible(await load_job(conn, job_id), key)
+
+
+async def submit(
+    core: Core,
+    registry: MinerRegistryProtocol | None,
+    key: ApiKey,
+    req: JobRequest,
+    upload: FileUpload | None = None,
+) -> Job:
+    """Accept a job: price it, insert it and hold its estimate in escrow, in one commit."""
+    from coordinator.service.files import insert_file, new_file_row
+
+    now = now_ms()
+    job_id = new_job_id()
+    file_row = new_file_row(key.address, upload, now) if upload is not None else None
+    input_file_id = file_row["file_id"] if file_row else req.input_file_id
+    if input_file_id is None:
+        input_text = orjson.dumps(req.input).decode()
+        input_bytes, input_sha = len(input_text.encode()), sha256_hex(input_text.encode())
+        priced_input: Any = req.input
+    else:
+        input_text = None
+        if file_row is not None:
+            input_bytes, input_sha = file_row["bytes"], file_row["sha256"]
+        else:
+            async with core.db.read() as conn:
+                info = await _file_info(conn, input_file_id, key.address)
+            input_bytes, input_sha = info
+        priced_input = None
+    offers: Sequence[pricing.Offer] = registry.offers(req.model) if registry else ()
+    measured = await measured_throughput(core, req.model)
+    est = pricing.estimate(
+        offers,
+        priced_input,
+        input_bytes,
+        req.params,
+        req.max_price_uait,
+        measured.units_per_second if measured else None,
+        measured.unit if measured else None,
+    )
+    job = Job(
+        job_id=job_id,
+        client_address=key.address,
+        key_id=key.key_id,
+        chain_id=req.chain_id,
+        model=req.model,
+        status=JobStatus.QUEUED,
+        priority=req.priority,
+        requirements=req.requirements,
+        params=req.params,
+        output_config=req.output_config,
+        input_json=input_text,
+        input_file_id=input_file_id,
+        input_sha256=input_sha,
+        input_bytes=input_bytes,
+        timeout_seconds=req.timeout_seconds,
+        deadline_ms=now + req.timeout_seconds * 1000,
+        max_price_uait=req.max_price_uait,
+        estimated_cost_uait=est.cost_uait,
+        estimated_units=est.units,
+        estimated_time_seconds=est.time_seconds,
+        created_at_ms=now,
+        updated_at_ms=now,
+        name=req.name,
+        extra={"estimate_unit": est.unit, "estimate_price_uait_per_unit": est.price_uait_per_unit},
+    )
+    if req.fail_if_unmatched:
+        reason = registry.never_matches_reason(job) if registry else "no miner hub is running"
+        if reason is not None:
+            detail = f"no miner could run this job: {reason}"
+            raise ValidationFailed([("model", reason)], detail=detail)
+
+    async def op(conn: AsyncConnection) -> Job:
+        if file_row is not None:
+            await insert_file(conn, file_row)
+        await conn.execute(jobs.insert(), _row_of(job))
+        result = await ledger_store.hold(
+            conn, job_id, job.chain_id, job.client_address, job.estimated_cost_uait, now
+        )
+        if result == Result.EXCEEDS_AVAILABLE:
+            bal = await ledger_store.balance(conn, job.chain_id, job.client_address)
+            raise InsufficientFunds(
+                f"the job's estimated cost {format_ait(job.estimated_cost_uait)} AIT exceeds "
+                f"the available balance {format_ait(bal.available_uait)} AIT of "
+                f"{job.client_address} on {job.chain_id}",
+                estimated_cost=job.estimated_cost_uait / 1e6,
+                available=bal.available_uait / 1e6,
+            )
+        if result != Result.CREATED:
+            raise RuntimeError(f"hold for {job_id} answered {result}")
+        return job
+
+    await core.db.write(op)
+    core.bus.publish(job_id, {"type": "status", "status": "queued", "progress": 0})
+    core.bus.wake()
+    return job
+
+
+async def _file_info(conn: AsyncConnection, file_id: str, owner: str) -> tuple[int, str]:
+    f = schema.files
+    row = (
+        await conn.execute(
+            select(f.c.bytes, f.c.sha256).where(f.c.file_id == file_id, f.c.owner_address == owner)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no file {file_id}")
+    return int(row.bytes), str(row.sha256)
+
+
+def _row_of(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "client_address": job.client_address,
+        "key_id": job.key_id,
+        "chain_id": job.chain_id,
+        "model": job.model,
+        "name": job.name,
+        "status": job.status.value,
+        "priority": job.priority.rank,
+        "requirements": dumps(job.requirements.to_json()),
+        "params": dumps(dict(job.params)),
+        "output_config": dumps(dict(job.output_config)),
+        "input_json": job.input_json,
+        "input_file_id": job.input_file_id,
+        "input_sha256": job.input_sha256,
+        "input_bytes": job.input_bytes,
+        "timeout_seconds": job.timeout_seconds,
+        "deadline_ms": job.deadline_ms,
+        "max_price_uait": job.max_price_uait,
+        "estimated_cost_uait": job.estimated_cost_uait,
+        "estimated_units": job.estimated_units,
+        "estimated_time_seconds": job.estimated_time_seconds,
+        "progress": 0,
+        "attempts": 0,
+        "created_at_ms": job.created_at_ms,
+        "updated_at_ms": job.updated_at_ms,
+        "extra": dumps(dict(job.extra)),
+    }
+
+
+def _owner_filter(key: ApiKey) -> list[Any]:
+    return [] if key.role == "admin" else [jobs.c.client_address == key.address]
+
+
+async def list_jobs(
+    core: Core, key: ApiKey, status: JobStatus | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    """The caller's jobs, newest first, and how many match in all."""
+    cond = _owner_filter(key)
+    if status is not None:
+        cond.append(jobs.c.status == status.value)
+    async with core.db.read() as conn:
+        total = (
+            await conn.execute(select(func.count()).select_from(jobs).where(*cond))
+        ).scalar_one()
+        rows = await conn.execute(
+            select(*JOB_COLUMNS)
+            .where(*cond)
+            .order_by(jobs.c.created_at_ms.desc(), jobs.c.job_id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return [job_from_row(row) for row in rows], int(total)
+
+
+async def latest_job(core: Core, key: ApiKey) -> Job:
+    found, _ = await list_jobs(core, key, None, 1, 0)
+    if not found:
+        raise NotFound("you have no jobs yet")
+    return found[0]
+
+
+MAX_HISTORY = 10_000
+
+
+async def history(
+    core: Core, key: ApiKey, from_ms: int | None, to_ms: int | None
+) -> tuple[list[Job], int, int]:
+    """Jobs created in [from_ms, to_ms): (jobs oldest first, count, total cost in uAIT)."""
+    cond = _owner_filter(key)
+    if from_ms is not None:
+        cond.append(jobs.c.created_at_ms >= from_ms)
+    if to_ms is not None:
+        cond.append(jobs.c.created_at_ms < to_ms)
+    async with core.db.read() as conn:
+        count, cost = (
+            await conn.execute(
+                select(func.count(), func.coalesce(func.sum(jobs.c.cost_uait), 0))
+                .select_from(jobs)
+                .where(*cond)
+            )
+        ).one()
+        rows = await conn.execute(
+            select(*JOB_COLUMNS)
+            .where(*cond)
+            .order_by(jobs.c.created_at_ms, jobs.c.job_id)
+            .limit(MAX_HISTORY)
+        )
+        return [job_from_row(row) for row in rows], int(count), int(cost)
+
+
+async def rename(core: Core, key: ApiKey, job_id: str, name: str | None) -> Job:
+    async def op(conn: AsyncConnection) -> Job:
+        visible(await load_job(conn, job_id, lock=True), key)
+        await conn.execute(
+            update(jobs).where(jobs.c.job_id == job_id).values(name=name, updated_at_ms=now_ms())
+        )
+        job = await load_job(conn, job_id)
+        assert job is not None
+        return job
+
+    return await core.db.write(op)
+
+
+async def cancel(core: Core, key: ApiKey, job_id: str) -> Job:
+    """Cancel a queued or running job: its whole escrow comes back, the miner is told to
+    stop. Work a miner did before the cancel is not paid (docs/api.md)."""
+    await read_job(core, key, job_id)
+    change = await end_job(core, job_id, JobStatus.CANCELLED, "cancelled by the client")
+    if change.outcome != Outcome.OK or change.job is None:
+        status = change.job.status.value if change.job else "gone"
+        raise Conflict(
+            f"job {job_id} already ended ({status}); only queued or running jobs can be cancelled"
+        )
+    return change.job
+
+
+async def download(core: Core, key: ApiKey, job_id: str) -> tuple[Job, bytes]:
+    async with core.db.read() as conn:
+        job = visible(await load_job(conn, job_id), key)
+        if job.status != JobStatus.COMPLETED or job.output_sha256 is None:
+            raise Conflict(f"job {job_id} is {job.status.value}; its output exists once completed")
+        data = (
+            await conn.execute(select(jobs.c.output).where(jobs.c.job_id == job_id))
+        ).scalar_one()
+    return job, bytes(data)
+
+
+async def receipt(core: Core, key: ApiKey, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    async with core.db.read() as conn:
+        job = visible(await load_job(conn, job_id), key)
+        row = (
+            await conn.execute(select(schema.receipts).where(schema.receipts.c.job_id == job_id))
+        ).first()
+    if row is None:
+        raise Conflict(f"job {job_id} is {job.status.value} and has no receipt yet")
+    return orjson.loads(row.receipt), orjson.loads(row.signature)
+
+
+async def count_by_status(core: Core) -> dict[str, int]:
+    async with core.db.read() as conn:
+        rows = await conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+        counts = {status.value: 0 for status in JobStatus}
+        counts.update({row[0]: int(row[1]) for row in rows})
+        return counts

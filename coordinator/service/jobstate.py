@@ -1,0 +1,130 @@
+"""Job-state primitives shared by the lifecycle and settlement services: the result
+values, the row update, and the unsuccessful endings that void the escrow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chain import store as ledger_store
+from chain.ledger import Result, Settlement
+from coordinator.db import schema
+from coordinator.domain.jobs import Job, JobStatus, can_transition
+from coordinator.service.core import Core
+from coordinator.service.records import (
+    JOB_COLUMNS,
+    job_from_row,
+)
+from protocol.timefmt import now_ms
+
+jobs = schema.jobs
+
+
+@dataclass(frozen=True)
+class MinerIdentity:
+    miner_id: str
+    address: str  # where it is paid: the address its miner API key is bound to
+    public_key: str  # hex of the daemon's Ed25519 public key
+
+
+class Outcome(StrEnum):
+    OK = "ok"  # done now
+    EXISTS = "exists"  # already done exactly so (a retry): nothing changed
+    STALE = "stale"  # the job is not running for this miner any more: nothing changed
+    REJECTED = "rejected"  # the result does not fit the job: nothing changed
+
+
+@dataclass(frozen=True)
+class Change:
+    outcome: Outcome
+    job: Job | None
+    detail: str | None = None
+    settlement: Settlement | None = None
+    previous: JobStatus | None = None  # the status before this change
+
+
+def status_event(job: Job) -> dict[str, Any]:
+    return {
+        "type": "status",
+        "status": job.status.value,
+        "progress": 100 if job.status == JobStatus.COMPLETED else job.progress,
+        "attempts": job.attempts,
+        "miner_id": job.miner_id,
+        "error": job.error,
+    }
+
+
+def publish_change(core: Core, change: Change, event: dict[str, Any] | None = None) -> Change:
+    if change.outcome == Outcome.OK and change.job is not None:
+        core.bus.publish(change.job.job_id, event or status_event(change.job))
+    return change
+
+
+async def update_job(
+    conn: AsyncConnection, job_id: str, *, current: JobStatus | None = None, **values: Any
+) -> Job:
+    """Update one job row; a status change must be an edge of the state machine
+    (`current` is the status the caller read under its lock)."""
+    if "status" in values:
+        target = JobStatus(values["status"])
+        assert current is not None and can_transition(current, target), (current, target)
+    values.setdefault("updated_at_ms", now_ms())
+    row = (
+        await conn.execute(
+            update(jobs).where(jobs.c.job_id == job_id).values(**values).returning(*JOB_COLUMNS)
+        )
+    ).one()
+    return job_from_row(row)
+
+
+def clean_text(text: str | None, limit: int) -> str | None:
+    """A miner- or client-supplied string fit for a text column: no NUL (PostgreSQL cannot
+    store it), at most `limit` characters."""
+    return None if text is None else text.replace("\x00", "")[:limit]
+
+
+def running_for(job: Job | None, miner_id: str) -> bool:
+    return job is not None and job.status == JobStatus.RUNNING and job.miner_id == miner_id
+
+
+async def fail_or_requeue(
+    conn: AsyncConnection, core: Core, job: Job, error: str, retryable: bool
+) -> Change:
+    now = now_ms()
+    if retryable and job.attempts < core.settings.max_attempts:
+        requeued = await update_job(
+            conn,
+            job.job_id,
+            current=job.status,
+            status=JobStatus.QUEUED.value,
+            lease_expires_at_ms=None,
+            error=error,
+            updated_at_ms=now,
+        )
+        return Change(Outcome.OK, requeued)
+    return await end_unsuccessfully(conn, job, JobStatus.FAILED, error, now)
+
+
+async def end_unsuccessfully(
+    conn: AsyncConnection, job: Job, status: JobStatus, error: str | None, now: int
+) -> Change:
+    """Any unsuccessful end: the whole escrow goes back (void), in the same commit."""
+    settlement = await ledger_store.void(conn, job.job_id, now)
+    if settlement.result not in (Result.CREATED, Result.EXISTS):
+        raise RuntimeError(f"void of {job.job_id} answered {settlement.result}")
+    ended = await update_job(
+        conn,
+        job.job_id,
+        current=job.status,
+        status=status.value,
+        error=error,
+        completed_at_ms=now,
+        lease_expires_at_ms=None,
+        cost_uait=0,
+        updated_at_ms=now,
+    )
+    return Change(Outcome.OK, ended, None, settlement)

@@ -1,0 +1,314 @@
+"""Job lifecycle for the miner hub: claim, leases, progress, completion, failure, expiry.
+
+The coordinator core owns every write to the jobs table; the hub (dispatcher, websocket
+handlers, lease reaper) calls these. Each function is one group-commit operation: the job
+row and its ledger rows commit together, and the event is published after the commit.
+Functions that act for a miner check that the job is running *for that miner*; a stale
+call (lease lost, job cancelled, timed out or given to another miner) answers `STALE` and
+changes nothing, so a miner that comes back after a network cut can never complete or be
+paid for a job twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.db import schema
+from coordinator.domain.jobs import TERMINAL, Job, JobStatus
+from coordinator.service.core import Core
+from coordinator.service.jobstate import (
+    Change,
+    MinerIdentity,
+    Outcome,
+    clean_text,
+    end_unsuccessfully,
+    fail_or_requeue,
+    publish_change,
+    running_for,
+    status_event,
+    update_job,
+)
+from coordinator.service.miners import list_registered_miners, upsert_miner
+from coordinator.service.records import (
+    JOB_COLUMNS,
+    dumps,
+    job_from_row,
+    load_job,
+)
+from coordinator.service.settle import complete_job
+from protocol.timefmt import now_ms
+
+jobs = schema.jobs
+
+__all__ = [
+    "Change",
+    "MinerIdentity",
+    "Outcome",
+    "claim_job",
+    "complete_job",
+    "end_job",
+    "expire_leases",
+    "fail_job",
+    "get_job",
+    "job_input",
+    "list_queued",
+    "list_registered_miners",
+    "record_progress",
+    "release_job",
+    "renew_lease",
+    "running_jobs_of",
+    "time_out_jobs",
+    "upsert_miner",
+]
+
+
+# -- reads -------------------------------------------------------------------------------------
+async def get_job(core: Core, job_id: str) -> Job | None:
+    async with core.db.read() as conn:
+        return await load_job(conn, job_id)
+
+
+async def list_queued(core: Core, limit: int = 500) -> list[Job]:
+    """Queued jobs in dispatch order: high before normal before low, oldest first."""
+    query = (
+        select(*JOB_COLUMNS)
+        .where(jobs.c.status == JobStatus.QUEUED.value)
+        .order_by(jobs.c.priority.desc(), jobs.c.created_at_ms, jobs.c.job_id)
+        .limit(limit)
+    )
+    async with core.db.read() as conn:
+        return [job_from_row(row) for row in await conn.execute(query)]
+
+
+async def running_jobs_of(core: Core, miner_id: str) -> list[Job]:
+    """Jobs leased to a miner (for resuming after a reconnect)."""
+    query = select(*JOB_COLUMNS).where(
+        jobs.c.status == JobStatus.RUNNING.value, jobs.c.miner_id == miner_id
+    )
+    async with core.db.read() as conn:
+        return [job_from_row(row) for row in await conn.execute(query)]
+
+
+async def job_input(core: Core, job: Job) -> Any:
+    """What the runtime gets: the decoded JSON input, or the uploaded file's bytes."""
+    if job.input_file_id is None:
+        return orjson.loads(job.input_json or "null")
+    async with core.db.read() as conn:
+        data = (
+            await conn.execute(
+                select(schema.files.c.data).where(schema.files.c.file_id == job.input_file_id)
+            )
+        ).scalar_one()
+    return bytes(data)
+
+
+# -- claims and leases -------------------------------------------------------------------------
+async def claim_job(
+    core: Core, job_id: str, miner: MinerIdentity, price_uait_per_unit: int, unit: str
+) -> Job | None:
+    """Atomically lease a queued job to `miner` (queued -> running, attempts + 1, lease of
+    `lease_seconds`). None when the job is no longer queued (claimed elsewhere, cancelled,
+    past its deadline). The price is recorded: completion is paid at most at it."""
+
+    async def op(conn: AsyncConnection) -> Job | None:
+        query = select(*JOB_COLUMNS).where(
+            jobs.c.job_id == job_id, jobs.c.status == JobStatus.QUEUED.value
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        job = job_from_row(row)
+        now = now_ms()
+        if job.deadline_ms <= now:
+            return None
+        extra = {**job.extra, "price_uait_per_unit": price_uait_per_unit, "unit": unit}
+        return await update_job(
+            conn,
+            job_id,
+            current=job.status,
+            status=JobStatus.RUNNING.value,
+            miner_id=miner.miner_id,
+            miner_address=miner.address,
+            attempts=job.attempts + 1,
+            lease_expires_at_ms=now + int(core.settings.lease_seconds * 1000),
+            started_at_ms=job.started_at_ms or now,
+            progress=0,
+            progress_message=None,
+            extra=dumps(extra),
+            updated_at_ms=now,
+        )
+
+    job = await core.db.write(op)
+    if job is not None:
+        core.bus.publish(job.job_id, status_event(job))
+    return job
+
+
+async def renew_lease(core: Core, job_id: str, miner_id: str) -> Job | None:
+    """Extend a running job's lease (heartbeat). None when it is not leased to `miner_id`."""
+
+    async def op(conn: AsyncConnection) -> Job | None:
+        job = await load_job(conn, job_id, lock=True)
+        if not running_for(job, miner_id):
+            return None
+        now = now_ms()
+        lease = now + int(core.settings.lease_seconds * 1000)
+        return await update_job(conn, job_id, lease_expires_at_ms=lease, updated_at_ms=now)
+
+    return await core.db.write(op)
+
+
+async def record_progress(
+    core: Core, job_id: str, miner_id: str, progress: int, message: str | None = None
+) -> Job | None:
+    """Store progress 0-99 (100 only by completion) and renew the lease; publish it."""
+    progress = max(0, min(99, int(progress)))
+    message = clean_text(message, 500) if message else None
+
+    async def op(conn: AsyncConnection) -> Job | None:
+        job = await load_job(conn, job_id, lock=True)
+        if job is None or not running_for(job, miner_id):
+            return None
+        now = now_ms()
+        return await update_job(
+            conn,
+            job_id,
+            progress=max(progress, job.progress),
+            progress_message=message,
+            lease_expires_at_ms=now + int(core.settings.lease_seconds * 1000),
+            updated_at_ms=now,
+        )
+
+    job = await core.db.write(op)
+    if job is not None:
+        core.bus.publish(job_id, {"type": "progress", "progress": job.progress, "message": message})
+    return job
+
+
+async def release_job(core: Core, job_id: str, miner_id: str, reason: str) -> Change:
+    """A miner gives a lease back (shutting down, resumed elsewhere): running -> queued."""
+
+    async def op(conn: AsyncConnection) -> Change:
+        job = await load_job(conn, job_id, lock=True)
+        if not running_for(job, miner_id):
+            return Change(Outcome.STALE, job)
+        job = await update_job(
+            conn,
+            job_id,
+            current=JobStatus.RUNNING,
+            status=JobStatus.QUEUED.value,
+            lease_expires_at_ms=None,
+            progress_message=clean_text(reason, 500),
+        )
+        return Change(Outcome.OK, job)
+
+    change = publish_change(core, await core.db.write(op))
+    if change.outcome == Outcome.OK:
+        core.bus.wake()
+    return change
+
+
+# -- endings -----------------------------------------------------------------------------------
+async def fail_job(
+    core: Core, job_id: str, miner_id: str, error: str, *, retryable: bool = True
+) -> Change:
+    """An attempt failed on the miner. Requeue while attempts < max_attempts and the error
+    is retryable; otherwise the job fails and its escrow is returned."""
+
+    async def op(conn: AsyncConnection) -> Change:
+        job = await load_job(conn, job_id, lock=True)
+        if job is None or not running_for(job, miner_id):
+            return Change(Outcome.STALE, job)
+        return await fail_or_requeue(conn, core, job, clean_text(error, 2000) or "", retryable)
+
+    change = publish_change(core, await core.db.write(op))
+    if change.job is not None and change.job.status == JobStatus.QUEUED:
+        core.bus.wake()
+    return change
+
+
+async def end_job(core: Core, job_id: str, status: JobStatus, error: str | None) -> Change:
+    """End a job that has not completed (cancel, time-out, unrecoverable) and return its
+    escrow. `STALE` when it already ended."""
+    assert status in TERMINAL and status != JobStatus.COMPLETED
+
+    async def op(conn: AsyncConnection) -> Change:
+        job = await load_job(conn, job_id, lock=True)
+        if job is None or job.ended:
+            return Change(Outcome.STALE, job)
+        change = await end_unsuccessfully(conn, job, status, clean_text(error, 2000), now_ms())
+        return replace(change, previous=job.status)
+
+    change = publish_change(core, await core.db.write(op))
+    was_running = change.previous == JobStatus.RUNNING
+    if change.outcome == Outcome.OK and change.job is not None and was_running:
+        core.bus.publish(
+            job_id, {"type": "cancel", "miner_id": change.job.miner_id, "reason": status.value}
+        )
+    return change
+
+
+# -- sweeps (the hub's reaper calls these periodically) ----------------------------------------
+async def expire_leases(core: Core, now: int | None = None, limit: int = 200) -> list[Change]:
+    """Running jobs whose lease ran out go back to the queue, or fail after max_attempts."""
+    now = now_ms() if now is None else now
+    query = (
+        select(jobs.c.job_id, jobs.c.miner_id)
+        .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at_ms < now)
+        .limit(limit)
+    )
+    async with core.db.read() as conn:
+        expired = [(row.job_id, row.miner_id) for row in await conn.execute(query)]
+    changes = []
+    for job_id, miner_id in expired:
+
+        async def op(
+            conn: AsyncConnection, job_id: str = job_id, miner_id: str = miner_id
+        ) -> Change:
+            job = await load_job(conn, job_id, lock=True)
+            if (
+                job is None
+                or not running_for(job, miner_id)
+                or (job.lease_expires_at_ms or 0) >= now
+            ):
+                return Change(Outcome.STALE, job)
+            reason = f"lease expired: miner {miner_id} stopped renewing it"
+            if job.attempts >= core.settings.max_attempts:
+                reason = f"{reason} (attempt {job.attempts} of {core.settings.max_attempts})"
+            return await fail_or_requeue(conn, core, job, reason, True)
+
+        changes.append(publish_change(core, await core.db.write(op)))
+    if any(c.job is not None and c.job.status == JobStatus.QUEUED for c in changes):
+        core.bus.wake()
+    return [c for c in changes if c.outcome == Outcome.OK]
+
+
+async def time_out_jobs(core: Core, now: int | None = None, limit: int = 200) -> list[Change]:
+    """Jobs past their deadline end `timed_out`, escrow back; a cancel event tells the hub
+    to stop the miner that ran it."""
+    now = now_ms() if now is None else now
+    query = (
+        select(jobs.c.job_id)
+        .where(
+            jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+            jobs.c.deadline_ms <= now,
+        )
+        .limit(limit)
+    )
+    async with core.db.read() as conn:
+        due = [row.job_id for row in await conn.execute(query)]
+    changes = []
+    for job_id in due:
+        change = await end_job(
+            core, job_id, JobStatus.TIMED_OUT, "timed out: timeout_seconds passed"
+        )
+        if change.outcome == Outcome.OK:
+            changes.append(change)
+    return changes

@@ -1,0 +1,60 @@
+"""Measured throughput of each model (metered units per second), for time estimates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import select
+
+from coordinator.db import schema
+from coordinator.domain.jobs import JobStatus
+from coordinator.service.core import Core
+from protocol.timefmt import now_ms
+
+jobs = schema.jobs
+
+THROUGHPUT_JOBS = 20  # recent completed jobs of a model that its throughput is taken from
+THROUGHPUT_TTL_MS = 30_000
+_throughput: dict[tuple[int, str], tuple[int, Measured | None]] = {}
+
+
+@dataclass(frozen=True)
+class Measured:
+    units_per_second: float
+    unit: str  # the unit the model's miners metered
+
+
+async def measured_throughput(core: Core, model: str) -> Measured | None:
+    """Metered units per second of the model's recent completed jobs (None without
+    history); cached a little while per model so submitting stays one write."""
+    now = now_ms()
+    cache_key = (id(core.db), model)
+    hit = _throughput.get(cache_key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    r = schema.receipts
+    query = (
+        select(r.c.receipt, jobs.c.started_at_ms, jobs.c.completed_at_ms)
+        .join(jobs, jobs.c.job_id == r.c.job_id)
+        .where(jobs.c.model == model, jobs.c.status == JobStatus.COMPLETED.value)
+        .order_by(r.c.created_at_ms.desc())
+        .limit(THROUGHPUT_JOBS)
+    )
+    units, millis, unit = 0, 0, ""
+    async with core.db.read() as conn:
+        for row in await conn.execute(query):
+            receipt = orjson.loads(row.receipt)
+            units += int(receipt.get("units", 0))
+            unit = unit or str(receipt.get("unit", ""))
+            millis += max(1, (row.completed_at_ms or 0) - (row.started_at_ms or 0))
+    rate = Measured(units * 1000 / millis, unit) if units and millis else None
+    if len(_throughput) > 1000:
+        _throughput.clear()
+    _throughput[cache_key] = (now + THROUGHPUT_TTL_MS, rate)
+    return rate
+
+
+def forget(core: Core, model: str) -> None:
+    """Drop the cached figure (a job of the model just completed)."""
+    _throughput.pop((id(core.db), model), None)
