@@ -1,0 +1,521 @@
+"""Benchmark: a real coordinator process, real miner daemons (echo runtime) and clients.
+
+Every job is real: pushed to a miner, signed, verified by the coordinator, settled on the
+ledger. Latencies come from the coordinator's own timestamps (created_at, started_at,
+completed_at), throughput from completed jobs inside the load window. Prints one JSON
+report on stdout; progress goes to stderr. See docs/benchmarks.md for the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from protocol.timefmt import parse_iso_ms
+
+BIN = Path(sys.executable).parent
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+TERMINAL = {"completed", "failed", "cancelled", "timed_out"}
+MINERS_PER_KEY = 1000  # below the hub's per-key cap on connected daemons
+
+
+def log(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
+
+
+def proc_stats(pid: int) -> dict[str, float]:
+    """CPU seconds and RSS of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return {
+        "cpu_s": (int(fields[11]) + int(fields[12])) / ticks,
+        "rss_mib": int(status["VmRSS"].split()[0]) / 1024,
+        "peak_rss_mib": int(status["VmHWM"].split()[0]) / 1024,
+    }
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("aiohttp", "sqlalchemy", "aiosqlite", "asyncpg", "uvloop", "orjson"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+        out["git"] = head.stdout.strip()
+    return out
+
+
+def load_average() -> list[float]:
+    """The machine's 1/5/15-minute load: other work competing for the cores."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError):
+            total += proc_stats(pid)["cpu_s"]
+    return total
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def scrape_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The coordinator's own counters (group-commit batches and writes) from /metrics."""
+    wanted = ("ait_db_commits_total", "ait_db_writes_total")
+    out: dict[str, float] = {}
+    with contextlib.suppress(aiohttp.ClientError):
+        async with session.get(url + "/metrics") as response:
+            for line in (await response.text()).splitlines():
+                name, _, value = line.partition(" ")
+                if name in wanted:
+                    out[name] = float(value)
+    return out
+
+
+async def create_pg_database() -> str:
+    import asyncpg
+
+    name = "ait_bench_" + secrets.token_hex(4)
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+
+
+class Cluster:
+    """Coordinator + miner processes on 127.0.0.1, torn down on exit."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, db_url: str) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = workdir / "coordinator.toml"
+        db_line = f'db = "{db_url}"\n' if db_url else ""
+        self.config.write_text(
+            f'data_dir = "{workdir / "data"}"\n{db_line}'
+            f"lease_seconds = 30\nheartbeat_seconds = 5\n"
+            "[rate_limits.client]\nper_minute = 0\nper_hour = 0\n"
+            "[rate_limits.miner]\nper_minute = 0\nper_hour = 0\n"
+        )
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.miners: list[subprocess.Popen[bytes]] = []
+        self.coordinator: subprocess.Popen[bytes] | None = None
+
+    def key(self, role: str) -> dict[str, Any]:
+        command = [str(BIN / "coordinator"), "keys", "create", "--role", role]
+        done = subprocess.run(
+            [*command, "--config", str(self.config)], capture_output=True, text=True, check=True
+        )
+        document: dict[str, Any] = json.loads(done.stdout)
+        return document
+
+    def start_coordinator(self) -> None:
+        logfile = (self.workdir / "coordinator.log").open("wb")
+        profile = ["-m", "cProfile", "-o", self.args.profile] if self.args.profile else []
+        self.coordinator = subprocess.Popen(
+            [
+                sys.executable,
+                *profile,
+                str(BIN / "coordinator"),
+                "serve",
+                "--config",
+                str(self.config),
+                "--port",
+                str(self.port),
+            ],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(self.coordinator)
+
+    def start_miner(self, index: int, api_key: str) -> None:
+        config = self.workdir / f"miner{index}.toml"
+        config.write_text(
+            f'coordinator = "{self.url}"\napi_key = "{api_key}"\n'
+            f'key_file = "{self.workdir / f"miner{index}.key"}"\ndevice = "cpu"\n'
+            f"max_concurrency = {self.args.miner_concurrency}\n"
+            f'work_dir = "{self.workdir / f"work{index}"}"\n'
+            '[[models]]\nname = "echo"\nruntime = "echo"\nprice = 0.000001\n'
+        )
+        logfile = (self.workdir / f"miner{index}.log").open("wb")
+        process = subprocess.Popen(
+            [str(BIN / "miner"), "run", "--config", str(config)],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        self.miners.append(process)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+async def wait_ready(session: aiohttp.ClientSession, cluster: Cluster, miners: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if cluster.coordinator is not None and cluster.coordinator.poll() is not None:
+            raise SystemExit("bench: the coordinator exited; see its log in the work dir")
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(cluster.url + "/v1/miners") as response:
+                if response.status == 200 and len((await response.json())["miners"]) >= miners:
+                    return
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"bench: {miners} miners did not connect within 60 s")
+
+
+class Load:
+    def __init__(self, session: aiohttp.ClientSession, url: str, payload: bytes) -> None:
+        self.session, self.url, self.payload = session, url, payload
+        self.job_ids: list[str] = []
+        self.errors: dict[str, int] = {}
+        self.client_latency_ms: list[float] = []
+
+    def _error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    async def submit(self) -> str | None:
+        try:
+            async with self.session.post(self.url + "/v1/jobs", data=self.payload) as response:
+                body = await response.read()
+                if response.status != 201:
+                    self._error(f"submit_{response.status}")
+                    return None
+        except aiohttp.ClientError as exc:
+            self._error(type(exc).__name__)
+            return None
+        job_id: str = json.loads(body)["job_id"]
+        self.job_ids.append(job_id)
+        return job_id
+
+    async def wait_terminal(self, job_id: str) -> None:
+        async with self.session.get(f"{self.url}/v1/jobs/{job_id}/events") as response:
+            async for line in response.content:
+                if line.startswith(b"data:") and any(
+                    f'"{status}"'.encode() in line for status in TERMINAL
+                ):
+                    return
+
+    async def closed_loop(self, concurrency: int, until: float) -> None:
+        async def worker() -> None:
+            while time.monotonic() < until:
+                started = time.perf_counter()
+                job_id = await self.submit()
+                if job_id is None:
+                    await asyncio.sleep(0.01)
+                    continue
+                try:
+                    await self.wait_terminal(job_id)
+                except aiohttp.ClientError as exc:
+                    self._error(type(exc).__name__)
+                self.client_latency_ms.append((time.perf_counter() - started) * 1000)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    async def open_loop(self, rate: float, until: float) -> None:
+        tasks: set[asyncio.Task[str | None]] = set()
+        start, sent = time.monotonic(), 0
+        while time.monotonic() < until:
+            due = int((time.monotonic() - start) * rate) - sent
+            for _ in range(due):
+                task = asyncio.create_task(self.submit())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            sent += max(due, 0)
+            await asyncio.sleep(0.001)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+
+async def collect(
+    session: aiohttp.ClientSession, url: str, count: int, drain_s: float
+) -> list[dict[str, Any]]:
+    """Every job the bench submitted, newest first, from the list endpoint; waits up to
+    `drain_s` for the backlog to finish (an overloaded open loop leaves one)."""
+    deadline = time.monotonic() + drain_s
+    while True:
+        jobs: list[dict[str, Any]] = []
+        while len(jobs) < count:
+            params = {"limit": "100", "offset": str(len(jobs))}
+            async with session.get(url + "/v1/jobs", params=params) as response:
+                page = (await response.json())["jobs"]
+            if not page:
+                break
+            jobs.extend(page)
+        pending = [j for j in jobs if j["status"] not in TERMINAL]
+        if not pending or time.monotonic() > deadline:
+            return jobs
+        log(f"waiting for {len(pending)} unfinished jobs")
+        await asyncio.sleep(1)
+
+
+async def job_times(
+    session: aiohttp.ClientSession, url: str, jobs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    if all("created_at" in job and "completed_at" in job for job in jobs):
+        return jobs
+    out: list[dict[str, Any]] = []
+    for job in jobs:  # the list view is short: fetch each job (after the load window)
+        async with session.get(f"{url}/v1/jobs/{job['job_id']}") as response:
+            out.append(await response.json())
+    return out
+
+
+def summarize(jobs: list[dict[str, Any]], window: tuple[float, float]) -> dict[str, Any]:
+    dispatch, complete, in_window = [], [], 0
+    statuses: dict[str, int] = {}
+    for job in jobs:
+        statuses[job["status"]] = statuses.get(job["status"], 0) + 1
+        created = parse_iso_ms(job["created_at"])
+        if job.get("started_at"):
+            dispatch.append(parse_iso_ms(job["started_at"]) - created)
+        if job["status"] == "completed" and job.get("completed_at"):
+            done_ms = parse_iso_ms(job["completed_at"])
+            complete.append(done_ms - created)
+            in_window += window[0] * 1000 <= done_ms <= window[1] * 1000
+    duration = window[1] - window[0]
+    return {
+        "settled_jobs": statuses.get("completed", 0),
+        "settled_jobs_per_s": round(in_window / duration, 1),
+        "statuses": statuses,
+        "submit_to_dispatch_ms": {
+            "p50": percentile(dispatch, 0.5),
+            "p99": percentile(dispatch, 0.99),
+        },
+        "submit_to_completed_ms": {
+            "p50": percentile(complete, 0.5),
+            "p99": percentile(complete, 0.99),
+        },
+    }
+
+
+async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
+    client, miner = cluster.key("client"), cluster.key("miner")
+    cluster.start_coordinator()
+    for index in range(args.miners):
+        cluster.start_miner(index, miner["api_key"])
+    headers = {"Authorization": f"Bearer {client['api_key']}", "Content-Type": "application/json"}
+    # Keep-alive connections, bounded: an unbounded pool opens a socket per request in
+    # open loop, and the connection churn costs both sides more than the requests.
+    connector = aiohttp.TCPConnector(limit=args.http_connections)
+    async with aiohttp.ClientSession(cluster.url, headers=headers, connector=connector) as session:
+        session._base_url = None  # full URLs below
+        await wait_ready(session, cluster, args.miners)
+        faucet = {"address": client["address"], "amount": 1000}
+        for _ in range(args.faucet_calls):
+            async with session.post(cluster.url + "/v1/faucet", json=faucet) as response:
+                assert response.status in (200, 201), await response.text()
+        payload = json.dumps({"model": "echo", "input": "x" * args.input_bytes}).encode()
+        load = Load(session, cluster.url, payload)
+        assert cluster.coordinator is not None
+        miner_pids = [m.pid for m in cluster.miners]
+        before = proc_stats(cluster.coordinator.pid)
+        cpu_before = (cpu_seconds(miner_pids), self_cpu_seconds())
+        metrics_before = await scrape_metrics(session, cluster.url)
+        load_before = load_average()
+        log(f"load for {args.duration} s")
+        start = time.time()
+        until = time.monotonic() + args.duration
+        if args.offered_rate:
+            await load.open_loop(args.offered_rate, until)
+        else:
+            await load.closed_loop(args.concurrency, until)
+        end = time.time()
+        after = proc_stats(cluster.coordinator.pid)
+        cpu_after = (cpu_seconds(miner_pids), self_cpu_seconds())
+        metrics_after = await scrape_metrics(session, cluster.url)
+        load_after = load_average()
+        listed = await collect(session, cluster.url, len(load.job_ids), args.drain_seconds)
+        jobs = await job_times(session, cluster.url, listed)
+    report = summarize(jobs, (start, end))
+    settled = max(1.0, report["settled_jobs_per_s"] * (end - start))
+    coordinator_cpu_s = after["cpu_s"] - before["cpu_s"]
+    commits = metrics_after.get("ait_db_commits_total", 0) - metrics_before.get(
+        "ait_db_commits_total", 0
+    )
+    writes = metrics_after.get("ait_db_writes_total", 0) - metrics_before.get(
+        "ait_db_writes_total", 0
+    )
+    report.update(
+        submitted=len(load.job_ids),
+        errors=load.errors,
+        client_submit_to_done_ms={
+            "p50": percentile(load.client_latency_ms, 0.5),
+            "p99": percentile(load.client_latency_ms, 0.99),
+        },
+        coordinator={
+            "cpu_percent": round(100 * coordinator_cpu_s / (end - start), 1),
+            "rss_mib": round(after["rss_mib"], 1),
+            "peak_rss_mib": round(after["peak_rss_mib"], 1),
+            "group_commits": int(commits),
+            "writes_per_commit": round(writes / commits, 1) if commits else None,
+        },
+        # CPU time per job settled in the window: steadier than jobs/s on a shared machine.
+        cpu_ms_per_settled_job={
+            "coordinator": round(1000 * coordinator_cpu_s / settled, 2),
+            "miners": round(1000 * (cpu_after[0] - cpu_before[0]) / settled, 2),
+            "load_generator": round(1000 * (cpu_after[1] - cpu_before[1]) / settled, 2),
+        },
+        machine_load_average={"before": load_before, "after": load_after},
+    )
+    return report
+
+
+async def run_connections(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
+    """K idle miners connected at once (one process, real handshakes); RSS per miner."""
+    from miner.connection import open_session
+    from miner.identity import load_identity
+    from protocol.messages import Advert, GpuInfo, ModelOffer
+
+    # The hub caps the daemons one miner key serves (an operator's hosts); spread over keys.
+    miner_keys = [cluster.key("miner") for _ in range(-(-args.connections // MINERS_PER_KEY))]
+    cluster.start_coordinator()
+    assert cluster.coordinator is not None
+    await asyncio.sleep(1.5)
+    idle = proc_stats(cluster.coordinator.pid)
+    advert = Advert((GpuInfo("cpu", 0, 1),), (ModelOffer("echo", "echo", "byte", 1),), 1, "bench")
+    ws_url = cluster.url.replace("http", "ws") + "/v1/miners/ws"
+    sockets: list[Any] = []
+    semaphore = asyncio.Semaphore(64)
+
+    async def connect(index: int) -> None:
+        identity = load_identity(cluster.workdir / "keys" / f"{index}.key")
+        async with semaphore:
+            api_key = miner_keys[index // MINERS_PER_KEY]["api_key"]
+            ws, _ = await open_session(ws_url, api_key, identity, advert)
+        sockets.append(ws)
+
+    results = await asyncio.gather(
+        *(connect(i) for i in range(args.connections)), return_exceptions=True
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    await asyncio.sleep(2)
+    loaded = proc_stats(cluster.coordinator.pid)
+    for ws in sockets:
+        await ws.close()
+    per_miner_kib = (loaded["rss_mib"] - idle["rss_mib"]) * 1024 / max(len(sockets), 1)
+    return {
+        "connected": len(sockets),
+        "failed": len(failures),
+        "first_failure": repr(failures[0]) if failures else None,
+        "coordinator_rss_mib": {
+            "idle": round(idle["rss_mib"], 1),
+            "connected": round(loaded["rss_mib"], 1),
+        },
+        "rss_per_miner_kib": round(per_miner_kib, 1),
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    parser.add_argument("--concurrency", type=int, default=64, help="closed loop: clients")
+    parser.add_argument("--offered-rate", type=float, default=0.0, help="open loop: jobs/s")
+    parser.add_argument("--miners", type=int, default=2)
+    parser.add_argument("--miner-concurrency", type=int, default=64)
+    parser.add_argument("--input-bytes", type=int, default=16)
+    parser.add_argument("--faucet-calls", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=0, help="connections mode: K miners")
+    parser.add_argument("--smoke", action="store_true", help="3 s, 1 miner, 4 clients (CI)")
+    parser.add_argument("--profile", default="", help="run the coordinator under cProfile")
+    parser.add_argument(
+        "--http-connections", type=int, default=128, help="client keep-alive connection pool"
+    )
+    parser.add_argument(
+        "--drain-seconds", type=float, default=120.0, help="wait this long for the backlog"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration, args.miners, args.concurrency = 3.0, 1, 4
+        args.miner_concurrency = 4
+    return args
+
+
+async def main_async(argv: list[str]) -> int:
+    args = parse_args(argv)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+    workdir = Path(tempfile.mkdtemp(prefix="ait-bench-"))
+    db_url = await create_pg_database() if args.db == "postgresql" else ""
+    cluster = Cluster(args, workdir, db_url)
+    try:
+        if args.connections:
+            result = await run_connections(args, cluster)
+        else:
+            result = await run_load(args, cluster)
+    finally:
+        cluster.stop()
+    report = {
+        "mode": "connections" if args.connections else ("open" if args.offered_rate else "closed"),
+        "config": {k: v for k, v in vars(args).items()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "versions": versions(),
+        "workdir": str(workdir),
+        **result,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    sys.exit(asyncio.run(main_async(sys.argv[1:])))
