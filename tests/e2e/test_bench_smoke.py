@@ -1,0 +1,30 @@
+"""The benchmark's smoke mode keeps working: real processes, every job settled."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
+
+
+@pytest.mark.timeout(180)
+def test_bench_smoke_settles_every_job() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke"], capture_output=True, text=True, timeout=170
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["errors"] == {}
+    assert report["submitted"] > 0
+    assert report["statuses"] == {"completed": report["submitted"]}
+    assert report["settled_jobs_per_s"] > 0
+    assert report["submit_to_dispatch_ms"]["p99"] is not None
+    # The accounting the docs rely on is there (values are not checked: no timing tests).
+    assert set(report["cpu_ms_per_settled_job"]) == {"coordinator", "miners", "load_generator"}
+    assert report["coordinator"]["group_commits"] > 0
+    assert report["versions"]["sqlalchemy"]

@@ -1,0 +1,167 @@
+"""Several coordinator processes' worth of apps on one database, and the group-commit
+writer under concurrent load: each waiter gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from api_helpers import call
+from conftest import PG_ADMIN_DSN, CoordinatorFactory
+
+
+async def test_two_coordinators_share_jobs_and_events(
+    coordinator_factory: CoordinatorFactory, http: aiohttp.ClientSession, db_url: str
+) -> None:
+    a = await coordinator_factory()
+    b = await coordinator_factory()
+    key = await a.create_key("client")
+    await a.fund(key.address, 5)
+    status, job, _ = await call(
+        http, "POST", a.url + "/v1/jobs", key, json={"model": "m", "input": 1, "max_price": 1}
+    )
+    assert status == 201
+    # The key and the job are visible through the other process at once.
+    status, seen, _ = await call(http, "GET", f"{b.url}/v1/jobs/{job['job_id']}", key)
+    assert status == 200 and seen["status"] == "queued"
+
+    events: list[str] = []
+
+    async def stream() -> None:
+        async with http.get(f"{a.url}/v1/jobs/{job['job_id']}/events", headers=key.headers) as r:
+            async for raw in r.content:
+                if raw.startswith(b"data: "):
+                    events.append(json.loads(raw[6:])["status"])
+
+    reader = asyncio.create_task(stream())
+    for _ in range(100):
+        if events:
+            break
+        await asyncio.sleep(0.02)
+    status, _, _ = await call(http, "DELETE", f"{b.url}/v1/jobs/{job['job_id']}", key)
+    assert status == 200
+    # On PostgreSQL the cancel reaches A's stream through NOTIFY at once; on SQLite the
+    # stream notices on its next quiet-period re-read, so only wait for it on PostgreSQL.
+    if db_url.startswith("postgresql"):
+        await asyncio.wait_for(reader, 5)
+        assert events[-1] == "cancelled"
+    else:
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+    status, again, _ = await call(http, "DELETE", f"{a.url}/v1/jobs/{job['job_id']}", key)
+    assert status == 409 and "cancelled" in again["detail"]
+    assert await a.balance_uait(key.address) == (5_000_000, 0)
+
+
+async def test_group_commit_under_concurrent_submits(
+    coordinator_factory: CoordinatorFactory, http: aiohttp.ClientSession
+) -> None:
+    c = await coordinator_factory()
+    rich, poor = await c.create_key("client"), await c.create_key("client")
+    await c.fund(rich.address, 100)
+    await c.fund(poor.address, 0.5)
+    writer = c.db.writer
+    before_batches, before_ops = writer.batches, writer.operations
+
+    async def submit(key: object, price: float) -> int:
+        status, _, _ = await call(
+            http,
+            "POST",
+            c.url + "/v1/jobs",
+            key,  # type: ignore[arg-type]
+            json={"model": "m", "input": "x", "max_price": price},
+        )
+        return status
+
+    results = await asyncio.gather(
+        *(submit(rich, 1) for _ in range(60)), *(submit(poor, 0.2) for _ in range(5))
+    )
+    assert results[:60] == [201] * 60
+    assert sorted(results[60:]) == [201, 201, 402, 402, 402]  # 0.5 AIT covers two
+    assert await c.balance_uait(rich.address) == (40_000_000, 60_000_000)
+    assert await c.balance_uait(poor.address) == (100_000, 400_000)
+    assert writer.operations - before_ops >= 65
+    assert writer.batches - before_batches <= writer.operations - before_ops
+
+
+async def test_writer_batches_and_isolates_failures(
+    coordinator_factory: CoordinatorFactory,
+) -> None:
+    """Operations queued together commit in one transaction; one that raises rolls back
+    alone (its savepoint) and only its waiter sees the exception."""
+    from sqlalchemy import func, select
+
+    from coordinator.db.schema import api_keys
+
+    c = await coordinator_factory()
+    writer = c.db.writer
+    before = writer.batches
+
+    def insert(i: int, fail: bool):  # type: ignore[no-untyped-def]
+        async def op(conn):  # type: ignore[no-untyped-def]
+            await conn.execute(
+                api_keys.insert(),
+                {
+                    "key_id": f"k{i}",
+                    "key_hash": f"{i:064x}",
+                    "role": "client",
+                    "address": "ait1" + "0" * 40,
+                    "created_at_ms": 0,
+                },
+            )
+            if fail:
+                raise LookupError(f"op {i} fails after writing")
+            return i
+
+        return op
+
+    results = await asyncio.gather(
+        *(c.db.write(insert(i, fail=i % 10 == 3)) for i in range(50)), return_exceptions=True
+    )
+    for i, result in enumerate(results):
+        if i % 10 == 3:
+            assert isinstance(result, LookupError) and str(i) in str(result)
+        else:
+            assert result == i
+    assert writer.batches - before <= 2  # queued together, committed together
+    async with c.db.read() as conn:
+        count = (
+            await conn.execute(
+                select(func.count())
+                .select_from(api_keys)
+                .where(api_keys.c.key_id.in_([f"k{i}" for i in range(50)]))
+            )
+        ).scalar_one()
+    assert count == 45
+
+
+async def test_listen_connection_comes_back(
+    coordinator_factory: CoordinatorFactory, db_url: str
+) -> None:
+    """A dropped LISTEN connection is re-made and cross-process events flow again."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    import asyncpg
+
+    from coordinator.appkeys import JOB_BUS
+
+    a, b = await coordinator_factory(), await coordinator_factory()
+    bus_a, bus_b = a.app[JOB_BUS], b.app[JOB_BUS]
+    pid = bus_a._pg.get_server_pid()
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    for _ in range(200):
+        if bus_a._pg is not None and bus_a._pg.get_server_pid() != pid:
+            break
+        await asyncio.sleep(0.05)
+    assert bus_a._pg is not None and bus_a._pg.get_server_pid() != pid
+    async with bus_a.subscribe("job_x") as sub:
+        bus_b.publish("job_x", {"type": "status", "status": "running"})
+        event = await sub.get(5)
+    assert event is not None and event["status"] == "running"

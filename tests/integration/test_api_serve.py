@@ -1,0 +1,91 @@
+"""`coordinator serve` as a process: prints its real URL (also with --port 0), answers,
+stops cleanly on SIGTERM, and refuses bad settings with one line."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+EXE = str(Path(sys.executable).parent / "coordinator")
+
+
+def test_serve_port_zero_then_sigterm(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            EXE,
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--fee-bps",
+            "7",
+            "--chains",
+            "x-1:faucet,y-2",
+            "--default-chain",
+            "x-1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        assert proc.stderr is not None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            match = re.search(r"listening on (http://\S+)", line)
+            url = match.group(1) if match else None
+        assert url is not None and not url.endswith(":0")
+        with urllib.request.urlopen(url + "/readyz", timeout=10) as resp:
+            assert resp.status == 200
+        assert (tmp_path / "d" / "coordinator.db").exists()
+        assert (tmp_path / "d" / "coordinator.key").exists()
+        made = subprocess.run(
+            [EXE, "keys", "create", "--role", "client", "--data-dir", str(tmp_path / "d")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        api_key = json.loads(made.stdout)["api_key"]
+        request = urllib.request.Request(
+            url + "/v1/chains", headers={"Authorization": f"Bearer {api_key}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            chains = json.loads(resp.read())
+        assert chains["default_chain"] == "x-1"
+        assert [(c["chain_id"], c["faucet"], c["fee_bps"]) for c in chains["chains"]] == [
+            ("x-1", True, 7),
+            ("y-2", False, 7),
+        ]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("fee_bps = -1\n")
+    done = subprocess.run(
+        [EXE, "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: fee_bps must be 0..10000, got -1"

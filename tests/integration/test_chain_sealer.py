@@ -1,0 +1,309 @@
+"""The block sealer against real SQLite files and the real PostgreSQL server.
+
+Transfers are written as rows of `ledger_transfers` (what chain.store writes), then the
+sealer runs and the resulting blocks are read back and audited with verify_chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import select
+
+from chain import store
+from chain.ledger import TREASURY_ADDRESS, Result
+from chain.merkle import verify_proof
+from chain.receipts import build_receipt, sign_receipt
+from chain.verify import verify_chain
+from coordinator.db.database import Database
+from coordinator.db.schema import ledger_transfers, receipts
+from coordinator.service.block_reads import chain_gauges, chain_height, get_blocks
+from coordinator.service.blocks import RECEIPT_WAIT_MS, ForeignSigner, receipt_block, seal_pending
+from coordinator.settings import Settings
+from protocol.keys import address_of, generate_private_key, public_key_hex
+from protocol.timefmt import now_ms
+
+CHAIN = "ait-devnet"
+FEE_BPS = 200
+COORDINATOR = generate_private_key()
+PUB = public_key_hex(COORDINATOR)
+MINER = generate_private_key()
+MINER_ADDRESS = address_of(generate_private_key())
+CLIENT_ADDRESS = address_of(generate_private_key())
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+async def _pg_reachable() -> bool:
+    try:
+        conn = await asyncpg.connect(
+            host=PG_HOST, port=PG_PORT, user="postgres", database="postgres", timeout=3
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def chain_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'chain.db'}"
+        return
+    if not await _pg_reachable():
+        if os.environ.get("AIT_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL at 127.0.0.1:5432 is required but unreachable")
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable")
+    name = "ait_chain_" + uuid.uuid4().hex[:12]
+    admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(chain_db_url: str) -> AsyncIterator[Database]:
+    database = await Database.open(chain_db_url)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def _mint(db: Database, n: int, amount: int = 1_000_000, chain: str = CHAIN) -> None:
+    async def op(conn: Any) -> Any:
+        return await store.mint(conn, f"mint:{n}", chain, CLIENT_ADDRESS, amount, now_ms())
+
+    assert await db.write(op) == Result.CREATED
+
+
+def _receipt_row(job_id: str, units: int, price: int) -> dict[str, Any]:
+    receipt = build_receipt(
+        job_id=job_id,
+        chain_id=CHAIN,
+        miner_address=MINER_ADDRESS,
+        client_address=CLIENT_ADDRESS,
+        model="echo",
+        input_sha256="a" * 64,
+        output_sha256="b" * 64,
+        units=units,
+        unit="byte",
+        price_uait_per_unit=price,
+        attempt=1,
+        started_at="2026-11-23T09:00:00.000Z",
+        completed_at="2026-11-23T09:00:01.000Z",
+        public_key=public_key_hex(MINER),
+    )
+    return {
+        "job_id": job_id,
+        "chain_id": CHAIN,
+        "receipt": json.dumps(receipt),
+        "signature": json.dumps(sign_receipt(MINER, receipt)),
+        "created_at_ms": now_ms(),
+    }
+
+
+async def _job(
+    db: Database,
+    job_id: str,
+    held: int,
+    units: int,
+    price: int,
+    *,
+    with_receipt: bool = True,
+    settled_at_ms: int | None = None,
+) -> None:
+    """Hold, then settle with chain.store, storing the receipt in the same transaction
+    (as the coordinator does when a miner's result is accepted)."""
+
+    async def op(conn: Any) -> None:
+        assert await store.hold(conn, job_id, CHAIN, CLIENT_ADDRESS, held, now_ms()) == (
+            Result.CREATED
+        )
+        when = now_ms() if settled_at_ms is None else settled_at_ms
+        settlement = await store.post(conn, job_id, MINER_ADDRESS, units * price, FEE_BPS, when)
+        assert settlement.result == Result.CREATED
+        if with_receipt:
+            await conn.execute(receipts.insert().values(**_receipt_row(job_id, units, price)))
+
+    await db.write(op)
+
+
+async def _add_receipt(db: Database, job_id: str, units: int, price: int) -> None:
+    async def op(conn: Any) -> None:
+        await conn.execute(receipts.insert().values(**_receipt_row(job_id, units, price)))
+
+    await db.write(op)
+
+
+async def _live(db: Database) -> dict[str, dict[str, int]]:
+    live: dict[str, dict[str, int]] = {}
+    async with db.read() as conn:
+        for address in (CLIENT_ADDRESS, MINER_ADDRESS, TREASURY_ADDRESS):
+            balance = await store.balance(conn, CHAIN, address)
+            live[address] = {"available": balance.available_uait, "held": balance.held_uait}
+    return live
+
+
+async def _all_blocks(db: Database) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    while True:
+        page = await get_blocks(db, CHAIN, from_height=len(blocks), limit=100)
+        if not page:
+            return blocks
+        blocks.extend(page)
+
+
+async def test_seal_mints_jobs_and_receipts(db: Database) -> None:
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 0
+    assert await chain_height(db, CHAIN) is None
+    for n in range(3):
+        await _mint(db, n)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    await _job(db, "job_1", held=500_000, units=12, price=10_000)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 0  # nothing left: no empty blocks
+    assert await chain_height(db, CHAIN) == 1
+
+    blocks = await _all_blocks(db)
+    assert [b["header"]["height"] for b in blocks] == [0, 1]
+    kinds = [(e["kind"], e["amount_uait"]) for e in blocks[1]["entries"]]
+    # 2% fee out of the 120_000 charge; the rest of the hold goes back.
+    assert kinds == [("hold", 500_000), ("pay", 117_600), ("fee", 2_400), ("refund", 380_000)]
+    assert blocks[1]["entries"][1]["receipt"]["job_id"] == "job_1"
+    live = await _live(db)
+    assert live[MINER_ADDRESS]["available"] == 117_600
+    report = verify_chain(blocks, PUB, live, chain_id=CHAIN)
+    assert report.ok, [str(f) for f in report.failures]
+    assert report.minted_uait == 3_000_000
+    assert report.balances_compared == 6
+
+    # Every transfer and the receipt are stamped with their block.
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(ledger_transfers.c.transfer_id, ledger_transfers.c.block_height)
+        )
+        heights = {r.transfer_id: r.block_height for r in rows}
+        receipt_height = await conn.scalar(select(receipts.c.block_height))
+    assert set(heights.values()) == {0, 1}
+    assert heights["pay:job_1"] == 1 and heights["mint:0"] == 0
+    assert receipt_height == 1
+
+    where = await receipt_block(db, "job_1")
+    assert where is not None
+    assert (where["chain_id"], where["height"]) == (CHAIN, 1)
+    assert where["entry"]["receipt"]["job_id"] == "job_1"
+    assert where["merkle_root"] == blocks[1]["header"]["merkle_root"]
+    assert verify_proof(where["entry"], where["merkle_proof"], blocks[1]["header"]["merkle_root"])
+    assert await receipt_block(db, "job_unknown") is None
+    # Other chains are independent.
+    assert await get_blocks(db, "ait-testnet") == []
+
+
+async def test_payment_waits_for_its_receipt(db: Database) -> None:
+    await _mint(db, 0)
+    await _job(db, "job_2", held=300_000, units=10, price=10_000, with_receipt=False)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    blocks = await _all_blocks(db)
+    # The block ends before the payment whose receipt is not stored yet.
+    assert [e["transfer_id"] for e in blocks[0]["entries"]] == ["mint:0", "hold:job_2"]
+    assert await receipt_block(db, "job_2") is None
+    await _add_receipt(db, "job_2", 10, 10_000)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    blocks = await _all_blocks(db)
+    assert [e["kind"] for e in blocks[1]["entries"]] == ["pay", "fee", "refund"]
+    assert verify_chain(blocks, PUB, await _live(db)).ok
+    assert (await receipt_block(db, "job_2") or {}).get("height") == 1
+
+
+async def test_payment_without_receipt_is_sealed_late_and_flagged(db: Database) -> None:
+    await _mint(db, 0)
+    old = now_ms() - RECEIPT_WAIT_MS - 1
+    await _job(db, "job_3", 300_000, 10, 10_000, with_receipt=False, settled_at_ms=old)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    report = verify_chain(await _all_blocks(db), PUB, await _live(db))
+    assert [(f.height, f.check) for f in report.failures] == [(0, "missing-receipt")]
+
+
+async def test_concurrent_sealers_never_seal_a_transfer_twice(chain_db_url: str) -> None:
+    first, second = await Database.open(chain_db_url), await Database.open(chain_db_url)
+    try:
+        stop = asyncio.Event()
+
+        async def sealer(db: Database) -> None:
+            while not stop.is_set():
+                await seal_pending(db, CHAIN, COORDINATOR)
+                await asyncio.sleep(0.002)
+
+        tasks = [asyncio.create_task(sealer(first)), asyncio.create_task(sealer(second))]
+        try:
+            for n in range(60):
+                await _mint(first if n % 2 else second, n, 10_000)
+                if n % 6 == 0:
+                    await _job(second, f"job_{n}", 1500, 3, 100)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        await seal_pending(first, CHAIN, COORDINATOR)
+
+        blocks = await _all_blocks(first)
+        sealed = [e["transfer_id"] for b in blocks for e in b["entries"]]
+        async with first.read() as conn:
+            written = (await conn.execute(select(ledger_transfers.c.transfer_id))).all()
+            unsealed = (
+                await conn.execute(
+                    select(ledger_transfers.c.seq).where(ledger_transfers.c.block_height.is_(None))
+                )
+            ).all()
+        assert len(sealed) == len(set(sealed)) == len(written)
+        assert unsealed == []
+        report = verify_chain(blocks, PUB, await _live(first))
+        assert report.ok, [str(f) for f in report.failures]
+        assert report.minted_uait == 600_000
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_chain_is_never_signed_by_two_keys(db: Database) -> None:
+    other = generate_private_key()
+    await _mint(db, 0)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    await _mint(db, 1)
+    with pytest.raises(ForeignSigner, match=r"coordinator\.key"):
+        await seal_pending(db, CHAIN, other)
+    assert len(await _all_blocks(db)) == 1  # nothing sealed with the other key
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    report = verify_chain(await _all_blocks(db), PUB, await _live(db))
+    assert report.ok and report.blocks == 2
+    # A chain with no block yet takes whichever key seals its genesis.
+    await _mint(db, 2, chain="ait-testnet")
+    assert await seal_pending(db, "ait-testnet", other) == 1
+
+
+async def test_chain_gauges_show_height_and_lag(db: Database, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+
+    async def gauges() -> dict[tuple[str, str], float]:
+        return {(g[0], g[3]["chain_id"]): g[4] for g in await chain_gauges(db, settings)}
+
+    await _mint(db, 0)
+    await _mint(db, 1)
+    before = await gauges()
+    assert before[("ait_chain_height", CHAIN)] == -1
+    assert before[("ait_chain_unsealed_transfers", CHAIN)] == 2
+    assert before[("ait_chain_unsealed_transfers", "ait-testnet")] == 0
+    await seal_pending(db, CHAIN, COORDINATOR)
+    after = await gauges()
+    assert after[("ait_chain_height", CHAIN)] == 0
+    assert after[("ait_chain_unsealed_transfers", CHAIN)] == 0

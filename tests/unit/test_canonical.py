@@ -1,0 +1,43 @@
+"""RFC 8785 canonical encoding: vectors from the RFC and refusals we rely on."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol.canonical import CanonicalError, canonical_bytes, sha256_hex
+
+
+def test_members_sorted_by_utf16_code_units() -> None:
+    # RFC 8785 §3.2.3 example: sorting by UTF-16 puts U+1F600 (surrogates D83D) before U+FB33.
+    value = {
+        "\u20ac": "Euro",
+        "\r": "CR",
+        "\ufb33": "Hebrew",
+        "1": "One",
+        "\U0001f600": "E",
+        "\x80": "C",
+    }
+    expected = (
+        '{"\\r":"CR","1":"One","\x80":"C","\u20ac":"Euro","\U0001f600":"E","\ufb33":"Hebrew"}'
+    )
+    assert canonical_bytes(value) == expected.encode("utf-8")
+
+
+def test_whitespace_free_and_nested() -> None:
+    assert canonical_bytes({"b": [1, True, None, {"z": "x", "a": -5}], "a": "é"}) == (
+        '{"a":"é","b":[1,true,null,{"a":-5,"z":"x"}]}'.encode()
+    )
+
+
+def test_control_characters_escaped_like_json_stringify() -> None:
+    assert canonical_bytes('\u0001\n\t"\\/') == b'"\\u0001\\n\\t\\"\\\\/"'
+
+
+@pytest.mark.parametrize("bad", [1.5, float("nan"), {1: "x"}, 2**60, "\ud800", b"raw"])
+def test_refuses_values_without_a_stable_canonical_form(bad: object) -> None:
+    with pytest.raises(CanonicalError):
+        canonical_bytes(bad)
+
+
+def test_sha256_hex() -> None:
+    assert sha256_hex(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

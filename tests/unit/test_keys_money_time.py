@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import hashlib
+import stat
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from protocol import keys, money, timefmt
+
+
+def test_address_and_miner_id_follow_the_spec() -> None:
+    private_key = keys.generate_private_key()
+    raw = keys.public_key_bytes(private_key)
+    digest = hashlib.sha256(raw)
+    assert keys.address_of(private_key) == "ait1" + digest.digest()[:20].hex()
+    assert keys.miner_id_from_public_key(raw) == "miner_" + digest.hexdigest()[:12]
+    assert keys.is_address(keys.address_of(private_key))
+    assert not keys.is_address("ait1XYZ")
+
+
+def test_signature_round_trip_and_tamper() -> None:
+    private_key = keys.generate_private_key()
+    sig = keys.sign_hex(private_key, b"hello")
+    pub = keys.public_key_hex(private_key)
+    assert keys.verify_hex(pub, sig, b"hello")
+    assert not keys.verify_hex(pub, sig, b"hellp")
+    assert not keys.verify_hex(pub, "", b"hello")
+    assert not keys.verify_hex("zz", sig, b"hello")
+    assert not keys.verify_hex(pub, sig.upper(), b"hello")
+
+
+def test_key_file_is_private_and_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "miner.key"
+    created = keys.load_or_create_key_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    loaded = keys.load_or_create_key_file(path)
+    assert keys.public_key_hex(loaded) == keys.public_key_hex(created)
+    path.write_text("{not json")
+    with pytest.raises(keys.KeyFileError):
+        keys.load_key_file(path)
+
+
+@pytest.mark.parametrize(
+    ("value", "uait"),
+    [
+        (0.05, 50_000),
+        ("1", 1_000_000),
+        (Decimal("0.000001"), 1),
+        (1000, 1_000_000_000),
+        (0.1, 100_000),
+    ],
+)
+def test_ait_to_uait_exact(value: object, uait: int) -> None:
+    assert money.ait_to_uait(value) == uait  # type: ignore[arg-type]
+    assert money.ait_to_uait(money.uait_to_ait(uait)) == uait
+
+
+@pytest.mark.parametrize("bad", [0.0000001, "abc", float("inf"), True, 10**20])
+def test_ait_to_uait_refuses(bad: object) -> None:
+    with pytest.raises(ValueError):
+        money.ait_to_uait(bad)  # type: ignore[arg-type]
+
+
+def test_iso_ms_round_trip() -> None:
+    assert timefmt.iso_ms(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
+    assert timefmt.parse_iso_ms("2023-11-14T22:13:20.123Z") == 1_700_000_000_123
+    assert timefmt.iso_ms(None) is None
