@@ -10,6 +10,7 @@ from coordinator.api.common import caller, client_caller, json_response
 from coordinator.api.jobs import _read_upload
 from coordinator.appkeys import DATABASE, METRICS, MINER_REGISTRY
 from coordinator.errors import Unavailable
+from coordinator.service import block_reads
 from coordinator.service import files as file_service
 from coordinator.service import jobs as job_service
 from coordinator.service.core import Core
@@ -105,6 +106,7 @@ async def metrics(request: web.Request) -> web.Response:
         gauges.append(
             ("ait_miners_connected", "gauge", "Connected miners.", {}, len(registry.miners_view()))
         )
+    gauges.extend(await block_reads.chain_gauges(core.db, core.settings))
     text = request.app[METRICS].render(gauges)
     return web.Response(
         text=text,

@@ -283,3 +283,51 @@ async def test_chain_endpoints_need_a_key_and_past_the_tip_is_empty(
         http, coordinator, "GET", f"/v1/chain/{CHAIN}/blocks", client_key, from_height="99"
     )
     assert (page["blocks"], page["has_more"], page["next_from_height"]) == ([], False, None)
+
+
+async def _chain_gauges(http: aiohttp.ClientSession, c: Coordinator) -> dict[str, float]:
+    """The per-chain samples of a /metrics scrape, by `name{labels}`."""
+    async with http.get(c.url + "/metrics") as r:
+        assert r.status == 200 and r.content_type == "text/plain"
+        text = await r.text()
+    for name in ("ait_chain_height", "ait_chain_unsealed_transfers"):
+        assert f"# TYPE {name} gauge" in text
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("ait_chain_height{", "ait_chain_unsealed_transfers{")):
+            series, value = line.rsplit(" ", 1)
+            samples[series] = float(value)
+    return samples
+
+
+async def test_metrics_show_each_chains_height_and_unsealed_transfers(
+    coordinator: Coordinator, client_key: KeyInfo, http: aiohttp.ClientSession
+) -> None:
+    c = coordinator
+    devnet = f'{{chain_id="{CHAIN}"}}'
+    testnet = '{chain_id="ait-testnet"}'
+    before = await _chain_gauges(http, c)
+    assert before == {
+        f"ait_chain_height{devnet}": -1,
+        f"ait_chain_unsealed_transfers{devnet}": 0,
+        f"ait_chain_height{testnet}": -1,
+        f"ait_chain_unsealed_transfers{testnet}": 0,
+    }
+    height = before[f"ait_chain_height{devnet}"]
+    for _ in range(2):
+        minted = await _call(
+            http,
+            c,
+            "POST",
+            "/v1/faucet",
+            client_key,
+            {"address": client_key.address, "amount": 1, "chain_id": CHAIN},
+        )
+        await _in_a_block(http, c, client_key, minted["transfer_id"])
+        after = await _chain_gauges(http, c)
+        tip = (await _all_blocks(http, c, client_key))[-1]["header"]["height"]
+        assert after[f"ait_chain_height{devnet}"] == tip > height
+        assert after[f"ait_chain_unsealed_transfers{devnet}"] == 0
+        # The other chain is untouched.
+        assert after[f"ait_chain_height{testnet}"] == -1
+        height = tip
