@@ -135,7 +135,7 @@ def _schemas() -> dict[str, Schema]:
             "transfer_id:str kind?:str chain_id?:str job_id?:str|null amount:amount "
             "amount_uait?:int direction?:str debit:@Account credit:@Account created_at:time"
         ),
-        "FaucetRequest": _shape("address?:address amount:amount chain_id?:str"),
+        "FaucetRequest": _faucet_request(),
         "FaucetResult": _shape(
             "transfer_id:str address:address chain_id:str amount:amount balance:amount "
             "held?:amount available?:amount"
@@ -164,6 +164,40 @@ def _schemas() -> dict[str, Schema]:
         "Models": _shape("models:[@Model]"),
         "Model": _shape("model:str miners_online:int price_min?:amount price_max?:amount"),
         "Health": _shape("status:str"),
+        # The JSON `data` of the job event stream's events (see _job_events).
+        "ProgressEvent": _shape("job_id:str type:str progress:percent message:str|null"),
+        "EndEvent": _shape("job_id:str status:status"),
+    }
+
+
+def _faucet_request() -> Schema:
+    """What `POST /v1/faucet` accepts (coordinator.api.wallets.faucet): no other field."""
+    return {
+        "type": "object",
+        "properties": {
+            "address": {
+                "type": ["string", "null"],
+                "maxLength": 44,
+                "pattern": "^(ait1[0-9a-f]{40})?$",
+                "description": "ait1 + 40 lowercase hex; absent, null or empty: the caller's",
+            },
+            "amount": {
+                "type": "number",
+                "minimum": 0.000001,
+                "maximum": 1000,
+                # Not `multipleOf: 0.000001`: float validators (Python's jsonschema among
+                # them) reject valid amounts such as 0.07 with it.
+                "description": "AIT, at most 6 decimals (a finer amount is refused: 422)",
+            },
+            "chain_id": {
+                "type": ["string", "null"],
+                "maxLength": 64,
+                "pattern": "^[^\\u0000]*$",
+                "description": "absent, null or empty: the default chain; unknown: 422",
+            },
+        },
+        "required": ["amount"],
+        "additionalProperties": False,
     }
 
 
@@ -248,6 +282,35 @@ MULTIPART = "multipart/form-data"
 FILE = _str(contentMediaType="application/octet-stream")
 
 
+def _event(name: str, data: Schema, description: str) -> Schema:
+    """One server-sent event as read off the stream: its name and its JSON `data` line."""
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "event": {"const": name},
+            "data": _str(contentMediaType=JSON, contentSchema=data),
+        },
+        "required": ["event", "data"],
+    }
+
+
+def _job_events() -> Schema:
+    """`GET /v1/jobs/{job_id}/events`: OpenAPI 3.1 has no schema for a stream, so (as
+    tools read it) `schema` describes each event; comment lines (`: keep-alive`) carry none."""
+    each = {
+        "description": "One event of the stream, as `{event, data}`: `event: status` first "
+        "and on every status change, `event: progress` on progress, `event: end` last (then "
+        "the stream closes). A `: keep-alive` comment comes after 15 s of silence.",
+        "oneOf": [
+            _event("status", _ref("Job"), "The whole job object."),
+            _event("progress", _ref("ProgressEvent"), "Progress reported by the miner."),
+            _event("end", _ref("EndEvent"), "The job's final status; the last event."),
+        ],
+    }
+    return _answer("text/event-stream", each, "A stream of server-sent events")
+
+
 def _paths() -> dict[str, Schema]:
     submit_body = {
         JSON: {"schema": _ref("JobSubmit")},
@@ -286,7 +349,7 @@ def _paths() -> dict[str, Schema]:
         "/v1/jobs/{job_id}/events": {
             "parameters": JOB_ID,
             "get": _op("Server-sent events (status, progress, end) until the job ends",
-                       _answer("text/event-stream", _str()), 404),
+                       _job_events(), 404),
         },
         "/v1/files": {
             "post": _op("Upload a file; its file_id can be a job's input", "FileUploaded",

@@ -139,3 +139,26 @@ def test_document_lists_exactly_the_served_routes(tmp_path: Path) -> None:
     documented = operations(build_openapi())
     assert served - documented == set(), "served but not documented"
     assert documented - served == set(), "documented but not served"
+
+
+def test_job_events_describe_each_event_and_its_json_data() -> None:
+    document = build_openapi()
+    response = document["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]
+    event = response["content"]["text/event-stream"]["schema"]
+    data = {
+        branch["properties"]["event"]["const"]: branch["properties"]["data"]
+        for branch in event["oneOf"]
+    }
+    assert set(data) == {"status", "progress", "end"}
+    for schema in data.values():
+        assert schema["type"] == "string" and schema["contentMediaType"] == "application/json"
+        assert schema["contentSchema"]["$ref"].split("/")[-1] in document["components"]["schemas"]
+    assert data["status"]["contentSchema"] == {"$ref": "#/components/schemas/Job"}
+
+
+def test_faucet_request_states_the_handlers_bounds() -> None:
+    faucet = build_openapi()["components"]["schemas"]["FaucetRequest"]
+    assert faucet["required"] == ["amount"] and faucet["additionalProperties"] is False
+    amount = faucet["properties"]["amount"]
+    assert (amount["type"], amount["minimum"], amount["maximum"]) == ("number", 0.000001, 1000)
+    assert faucet["properties"]["chain_id"]["maxLength"] == 64
