@@ -30,6 +30,11 @@ RECONNECT_FIRST_S = 0.2
 RECONNECT_MAX_S = 10.0
 
 
+# Key of the committed job object in a locally delivered event (never sent to other
+# processes; they read the job themselves).
+JOB_SNAPSHOT = "_job"
+
+
 class Subscription:
     """A bounded queue of events for one job (or all jobs when `job_id` is None)."""
 
@@ -68,10 +73,12 @@ class JobBus:
         self._reconnect_task: asyncio.Task[None] | None = None
 
     # -- events ---------------------------------------------------------------------------
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
-        """Deliver to local subscribers now; NOTIFY other processes when on PostgreSQL."""
+    def publish(self, job_id: str, event: dict[str, Any], *, job: object = None) -> None:
+        """Deliver to local subscribers now; NOTIFY other processes when on PostgreSQL.
+        `job`: the job as this change committed it; local subscribers get it under
+        `JOB_SNAPSHOT` (so a stream need not read it back), other processes do not."""
         event = {**event, "job_id": job_id}
-        self._deliver(event)
+        self._deliver(event if job is None else {**event, JOB_SNAPSHOT: job})
         if self._pg is not None:
             payload = orjson.dumps({"origin": self._origin, "event": event}).decode()
             if len(payload) <= MAX_NOTIFY_BYTES:

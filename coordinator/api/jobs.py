@@ -19,7 +19,8 @@ from coordinator.api.common import (
 )
 from coordinator.api.validate import Fields, query_date_ms, query_int
 from coordinator.appkeys import METRICS, MINER_REGISTRY
-from coordinator.domain.jobs import TERMINAL, JobStatus, Priority, Requirements
+from coordinator.bus import JOB_SNAPSHOT
+from coordinator.domain.jobs import TERMINAL, Job, JobStatus, Priority, Requirements
 from coordinator.errors import RESPONSE_HEADERS, BadRequest, ValidationFailed
 from coordinator.service import jobs as job_service
 from coordinator.service.core import Core
@@ -345,7 +346,11 @@ async def events(request: web.Request) -> web.StreamResponse:
                     continue
                 if event.get("type") != "status":
                     continue
-                job = await job_service.read_job(core, key, job_id)
+                snapshot = event.get(JOB_SNAPSHOT)  # as committed, when published here
+                if isinstance(snapshot, Job):
+                    job = snapshot
+                else:
+                    job = await job_service.read_job(core, key, job_id)
                 await response.write(_sse("status", job_view(job, _queue_reason(request, job))))
             await response.write(_sse("end", {"job_id": job_id, "status": job.status.value}))
             await response.write_eof()

@@ -1,9 +1,9 @@
-"""Engines and the writer for SQLite (aiosqlite, WAL) and PostgreSQL (asyncpg).
+"""The coordinator's database: SQLite (sync Core on the loop thread) or PostgreSQL (asyncpg).
 
-SQLite: one writer connection that opens `BEGIN IMMEDIATE` (a write lock taken up front, so
-concurrent writers wait on `busy_timeout` instead of failing on lock upgrade) and a pool of
-readers, which WAL lets read while a write is in progress. PostgreSQL: one pooled engine;
-claims use `FOR UPDATE SKIP LOCKED` so several coordinator processes share the queue.
+SQLite: one writer connection whose transactions open with `BEGIN IMMEDIATE`, and one shared
+reader connection that WAL lets read while a write is in progress
+(`coordinator.db.sqlite_sync`). PostgreSQL: one pooled async engine; claims use
+`FOR UPDATE SKIP LOCKED` so several coordinator processes share the queue.
 """
 
 from __future__ import annotations
@@ -11,73 +11,36 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from coordinator.db.inline import inline_creator
 from coordinator.db.migrations import migrate
-from coordinator.db.writer import GroupWriter, WriteOp, run_alone
+from coordinator.db.sqlite_sync import SqliteStore
+from coordinator.db.writer import GroupWriter, Transaction, WriteOp, engine_transaction, run_alone
 
 T = TypeVar("T")
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
-    path = make_url(url).database
-    extra: dict[str, Any] = {}
-    if path and path != ":memory:":
-        # Statements run on the loop thread, not aiosqlite's (see coordinator.db.inline).
-        extra["async_creator"] = inline_creator(path, SQLITE_BUSY_TIMEOUT_MS / 1000)
-    engine = create_async_engine(
-        url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-        # The writer is one connection; readers are many and cheap. Overflow connections
-        # are closed when returned, so the pool is sized for the busy case (no churn).
-        pool_size=1 if writer else 32,
-        max_overflow=0 if writer else 32,
-        # Readers run in autocommit (no BEGIN above): no BEGIN/ROLLBACK round trips.
-        pool_reset_on_return="rollback" if writer else None,
-        **extra,
-    )
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, record: Any) -> None:
-        _sqlite_pragmas(dbapi_connection, record)
-        # Take transaction control from pysqlite so SAVEPOINTs work (SQLAlchemy docs,
-        # "Serializable isolation / Savepoints / Transactional DDL").
-        dbapi_connection.isolation_level = None
-
-    if writer:
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
 
 class Database:
-    """The coordinator's database: `read()` connections and `write(op)` group commits."""
+    """`read()` connections and `write(op)` group commits, whichever the server."""
 
-    def __init__(self, url: str, write_engine: AsyncEngine, read_engine: AsyncEngine) -> None:
+    def __init__(
+        self, url: str, *, sqlite: SqliteStore | None = None, engine: AsyncEngine | None = None
+    ) -> None:
         self.url = url
-        self.dialect = write_engine.dialect.name  # "sqlite" | "postgresql"
-        self.write_engine = write_engine
-        self.read_engine = read_engine
-        self.writer = GroupWriter(write_engine)
+        self._sqlite = sqlite
+        self._engine = engine
+        if sqlite is not None:
+            self.dialect = sqlite.dialect_name  # "sqlite"
+            self._transaction: Transaction = sqlite.transaction
+        else:
+            assert engine is not None
+            self.dialect = engine.dialect.name  # "postgresql"
+            self._transaction = engine_transaction(engine)
+        self.writer = GroupWriter(self._transaction)
 
     @property
     def is_postgres(self) -> bool:
@@ -88,15 +51,15 @@ class Database:
         """Engines only (no I/O yet); `start()` migrates and starts the writer."""
         parsed = make_url(url)
         if parsed.drivername.startswith("sqlite"):
-            if parsed.database:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            return cls(url, _sqlite_engine(url, writer=True), _sqlite_engine(url, writer=False))
-        engine = create_async_engine(url, pool_size=10, max_overflow=10)
-        return cls(url, engine, engine)
+            path = parsed.database or ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return cls(url, sqlite=SqliteStore(path))
+        return cls(url, engine=create_async_engine(url, pool_size=10, max_overflow=10))
 
     async def start(self, *, start_writer: bool = True) -> None:
         try:
-            await run_alone(self.write_engine, migrate)
+            await run_alone(self._transaction, migrate)
         except BaseException:
             await self._dispose()
             raise
@@ -115,14 +78,19 @@ class Database:
         await self._dispose()
 
     async def _dispose(self) -> None:
-        await self.write_engine.dispose()
-        if self.read_engine is not self.write_engine:
-            await self.read_engine.dispose()
+        if self._sqlite is not None:
+            self._sqlite.close()
+        if self._engine is not None:
+            await self._engine.dispose()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads (never commits)."""
-        async with self.read_engine.connect() as conn:
+        if self._sqlite is not None:
+            yield self._sqlite.reader()
+            return
+        assert self._engine is not None
+        async with self._engine.connect() as conn:
             yield conn
 
     async def write(self, op: WriteOp[T]) -> T:

@@ -10,8 +10,10 @@ commit. Results are handed out only after the commit succeeded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 WriteOp = Callable[[AsyncConnection], Awaitable[T]]
+# Opens a connection in a transaction; commits on a clean exit, rolls back on an exception.
+Transaction = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 
 MAX_BATCH = 256  # operations per transaction
 MAX_QUEUE = 10_000  # waiting operations before submit() waits for room
@@ -37,8 +41,8 @@ class _Item:
 
 
 class GroupWriter:
-    def __init__(self, engine: AsyncEngine, max_batch: int = MAX_BATCH) -> None:
-        self._engine = engine
+    def __init__(self, transaction: Transaction, max_batch: int = MAX_BATCH) -> None:
+        self._transaction = transaction
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(MAX_QUEUE)
         self._task: asyncio.Task[None] | None = None
@@ -89,7 +93,7 @@ class GroupWriter:
     async def _commit(self, batch: list[_Item]) -> None:
         outcomes: list[tuple[_Item, bool, Any]] = []
         try:
-            async with self._engine.connect() as conn, conn.begin():
+            async with self._transaction() as conn:
                 for item in batch:
                     try:
                         async with conn.begin_nested():
@@ -122,10 +126,28 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-async def run_alone(engine: AsyncEngine, op: WriteOp[T]) -> T:
-    """One operation in its own transaction (CLI, start-up); no writer task needed."""
-    async with engine.connect() as conn, conn.begin():
+def engine_transaction(engine: AsyncEngine) -> Transaction:
+    """Transactions on an async engine's pooled connections."""
+
+    @contextlib.asynccontextmanager
+    async def transaction() -> AsyncIterator[AsyncConnection]:
+        async with engine.connect() as conn, conn.begin():
+            yield conn
+
+    return transaction
+
+
+async def run_alone(transaction: Transaction, op: WriteOp[T]) -> T:
+    """One operation in its own transaction (start-up); no writer task needed."""
+    async with transaction() as conn:
         return await op(conn)
 
 
-__all__ = ["GroupWriter", "WriteOp", "WriterClosed", "run_alone"]
+__all__ = [
+    "GroupWriter",
+    "Transaction",
+    "WriteOp",
+    "WriterClosed",
+    "engine_transaction",
+    "run_alone",
+]

@@ -60,7 +60,10 @@ def status_event(job: Job) -> dict[str, Any]:
 
 def publish_change(core: Core, change: Change, event: dict[str, Any] | None = None) -> Change:
     if change.outcome == Outcome.OK and change.job is not None:
-        core.bus.publish(change.job.job_id, event or status_event(change.job))
+        if event is None:
+            core.bus.publish(change.job.job_id, status_event(change.job), job=change.job)
+        else:
+            core.bus.publish(change.job.job_id, event)
     return change
 
 

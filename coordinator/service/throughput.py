@@ -56,5 +56,10 @@ async def measured_throughput(core: Core, model: str) -> Measured | None:
 
 
 def forget(core: Core, model: str) -> None:
-    """Drop the cached figure (a job of the model just completed)."""
-    _throughput.pop((id(core.db), model), None)
+    """A job of the model just completed: drop a cached "no history" so the next estimate
+    uses the first measurement. A cached figure stays until its TTL: re-reading 20
+    receipts after every completion made each submit pay for a query under load."""
+    key = (id(core.db), model)
+    hit = _throughput.get(key)
+    if hit is not None and hit[1] is None:
+        del _throughput[key]

@@ -1,0 +1,222 @@
+"""SQLite through SQLAlchemy's sync Core, run on the event-loop thread.
+
+The async adapter (aiosqlite under SQLAlchemy's greenlet bridge) cost about 150 us of CPU
+per statement even with its thread hop removed, and a pool checkout per read another
+250 us; sync Core on the same connection costs about half, and a read needs no checkout
+(docs/benchmarks.md). SQLite statements take microseconds (WAL with `synchronous=NORMAL`
+does not fsync on commit), so running them inline blocks the loop no longer than the
+adapter's own bookkeeping did.
+
+`SyncConnection` gives the service code the `AsyncConnection` face it is written against
+(`await conn.execute(...)`), over a sync `Connection`. Its awaitables complete at once.
+
+Rows are fetched in full when a statement runs (`_BufferedCursor`): a cursor left open on
+the shared reader connection would pin that connection's WAL snapshot, and every later
+read through it would see the database as it was then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult
+from sqlalchemy.pool import QueuePool, StaticPool
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class _BufferedCursor(sqlite3.Cursor):
+    """A cursor that reads every row when its statement runs, so the statement is
+    finished (and its read snapshot released) before anyone looks at the rows."""
+
+    _rows: list[Any]
+    _next: int
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _BufferedCursor:
+        super().execute(sql, parameters)
+        self._rows = super().fetchall() if self.description else []
+        self._next = 0
+        return self
+
+    def fetchone(self) -> Any:
+        if self._next >= len(getattr(self, "_rows", ())):
+            return None
+        row = self._rows[self._next]
+        self._next += 1
+        return row
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        count = self.arraysize if size is None else size
+        rows = getattr(self, "_rows", [])[self._next : self._next + count]
+        self._next += len(rows)
+        return rows
+
+    def fetchall(self) -> list[Any]:
+        rows = getattr(self, "_rows", [])[self._next :]
+        self._next = len(getattr(self, "_rows", ()))
+        return rows
+
+
+class _BufferedConnection(sqlite3.Connection):
+    def cursor(self, factory: Any = _BufferedCursor) -> Any:
+        return super().cursor(factory)
+
+
+def sqlite_engine(path: str, *, writer: bool) -> Engine:
+    """A sync engine on `path` (or ':memory:'): WAL, `synchronous=NORMAL`, foreign keys,
+    `busy_timeout`; the writer's transactions open with `BEGIN IMMEDIATE` (the write lock
+    up front, so concurrent writers wait on `busy_timeout` instead of failing on upgrade)."""
+    memory = path in ("", ":memory:")
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(
+            path or ":memory:",
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False,
+            factory=_BufferedConnection,
+            isolation_level=None,  # transactions are ours (SAVEPOINTs work)
+        )
+
+    engine = create_engine(
+        "sqlite://",
+        creator=connect,
+        poolclass=StaticPool if memory else QueuePool,
+        **({} if memory else {"pool_size": 1, "max_overflow": 0}),
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    if writer:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class _Savepoint:
+    """`async with conn.begin_nested():` as plain SAVEPOINT / RELEASE on the DBAPI
+    connection: the group-commit writer opens one per operation, and SQLAlchemy's nested
+    transaction objects cost several times the statements themselves. The sync
+    `Connection` only ever sees the outer transaction, which is what commits."""
+
+    _names = itertools.count()
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._name = f"ait_sp_{next(self._names)}"
+
+    def _run(self, sql: str) -> None:
+        self._conn.connection.driver_connection.execute(sql)  # type: ignore[union-attr]
+
+    async def __aenter__(self) -> _Savepoint:
+        self._run(f"SAVEPOINT {self._name}")
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self._run(f"ROLLBACK TO SAVEPOINT {self._name}")
+        self._run(f"RELEASE SAVEPOINT {self._name}")
+
+
+class SyncConnection(AsyncConnection):
+    """The `AsyncConnection` calls the service code uses, run synchronously on a sync
+    `Connection` (SQLite only). Anything else it is asked raises AttributeError."""
+
+    def __init__(self, sync_connection: Connection) -> None:  # no super(): no AsyncEngine
+        self.sync_connection = sync_connection
+        self.sync_engine = sync_connection.engine
+
+    @property
+    def _proxied(self) -> Connection:
+        assert self.sync_connection is not None
+        return self.sync_connection
+
+    async def execute(
+        self, statement: Any, parameters: Any = None, *, execution_options: Any = None
+    ) -> CursorResult[Any]:
+        return self._proxied.execute(statement, parameters, execution_options=execution_options)
+
+    async def scalar(
+        self, statement: Any, parameters: Any = None, *, execution_options: Any = None
+    ) -> Any:
+        return self._proxied.scalar(statement, parameters, execution_options=execution_options)
+
+    async def exec_driver_sql(
+        self, statement: str, parameters: Any = None, execution_options: Any = None
+    ) -> CursorResult[Any]:
+        return self._proxied.exec_driver_sql(statement, parameters, execution_options)
+
+    async def stream(  # type: ignore[override]
+        self, statement: Any, parameters: Any = None, *, execution_options: Any = None
+    ) -> AsyncResult[Any]:
+        result = self._proxied.execute(statement, parameters, execution_options=execution_options)
+        return AsyncResult(result)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return fn(self._proxied, *args, **kwargs)
+
+    def begin_nested(self) -> Any:
+        return _Savepoint(self._proxied)
+
+
+class SqliteStore:
+    """One writer connection (transactions for the group-commit writer) and one shared
+    reader connection (autocommit: each statement sees the latest commit; WAL lets it read
+    while a write is in progress). Both live on the loop's thread."""
+
+    def __init__(self, path: str) -> None:
+        self.memory = path in ("", ":memory:")
+        self._write_engine = sqlite_engine(path, writer=True)
+        # ':memory:' is private to its connection: readers share the writer's.
+        self._read_engine = self._write_engine if self.memory else sqlite_engine(path, writer=False)
+        self._reader: SyncConnection | None = None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        with self._write_engine.connect() as conn, conn.begin():
+            yield SyncConnection(conn)
+
+    def reader(self) -> SyncConnection:
+        """The shared reader connection (made on first use, remade if closed)."""
+        if (
+            self._reader is None
+            or self._reader.sync_connection is None
+            or self._reader.sync_connection.closed
+        ):
+            # (':memory:': StaticPool hands out the writer's DBAPI connection again.)
+            self._reader = SyncConnection(self._read_engine.connect())
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None and self._reader.sync_connection is not None:
+            with contextlib.suppress(Exception):
+                self._reader.sync_connection.close()
+        self._reader = None
+        self._write_engine.dispose()
+        if self._read_engine is not self._write_engine:
+            self._read_engine.dispose()
+
+    @property
+    def dialect_name(self) -> str:
+        return self._write_engine.dialect.name
+
+
+__all__ = ["SqliteStore", "SyncConnection", "sqlite_engine"]
