@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ClauseElement
 
 from chain import store as ledger_store
 from chain.ledger import Result, Settlement
@@ -76,12 +77,34 @@ async def update_job(
         target = JobStatus(values["status"])
         assert current is not None and can_transition(current, target), (current, target)
     values.setdefault("updated_at_ms", now_ms())
-    row = (
-        await conn.execute(
+    if any(isinstance(value, ClauseElement) for value in values.values()):
+        statement: Any = (
             update(jobs).where(jobs.c.job_id == job_id).values(**values).returning(*JOB_COLUMNS)
         )
-    ).one()
+        row = (await conn.execute(statement)).one()
+    else:
+        params = {f"v_{name}": value for name, value in values.items()}
+        params["v_job_id"] = job_id
+        row = (await conn.execute(_update_statement(frozenset(values)), params)).one()
     return job_from_row(row)
+
+
+# One statement per set of updated columns, built once: building an UPDATE ... RETURNING of
+# forty columns and its cache key cost more than running it (docs/benchmarks.md).
+_UPDATES: dict[frozenset[str], Any] = {}
+
+
+def _update_statement(columns: frozenset[str]) -> Any:
+    statement = _UPDATES.get(columns)
+    if statement is None:
+        statement = (
+            update(jobs)
+            .where(jobs.c.job_id == bindparam("v_job_id"))
+            .values({name: bindparam(f"v_{name}") for name in sorted(columns)})
+            .returning(*JOB_COLUMNS)
+        )
+        _UPDATES[columns] = statement
+    return statement
 
 
 def clean_text(text: str | None, limit: int) -> str | None:
