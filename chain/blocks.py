@@ -53,10 +53,12 @@ RECEIPT_TRANSFER_KIND = "pay"
 
 
 def job_id_of_transfer(transfer_id: str) -> str | None:
-    """`pay:job_x` -> `job_x`; None for transfers that belong to no job (mints)."""
+    """`pay:job_x` -> `job_x` (and a hold's top-up `hold:job_x:2` -> `job_x`); None for
+    transfers that belong to no job (mints)."""
     prefix, sep, rest = transfer_id.partition(":")
-    if sep and prefix in JOB_TRANSFER_KINDS and rest:
-        return rest
+    job_id = rest.partition(":")[0]
+    if sep and prefix in JOB_TRANSFER_KINDS and job_id:
+        return job_id
     return None
 
 

@@ -8,19 +8,22 @@ minus its balance. Amounts are integer micro-AIT, never negative.
 Two-phase job payments, with deterministic, idempotent transfer ids per job:
 
 ```
-submit   hold:{job}    client/available ─▶ client/escrow        (Hold: pending)
-complete pay:{job}     client/escrow    ─▶ miner/available      charge - fee
-         fee:{job}     client/escrow    ─▶ treasury/available   charge × fee_bps / 10000
-         refund:{job}  client/escrow    ─▶ client/available     held - charge
+submit   hold:{job}      client/available ─▶ client/escrow      (Hold: pending)
+claim    hold:{job}:{n}  client/available ─▶ client/escrow      (top-up: the Hold grows)
+complete pay:{job}       client/escrow    ─▶ miner/available    charge - fee
+         fee:{job}       client/escrow    ─▶ treasury/available charge × fee_bps / 10000
+         refund:{job}    client/escrow    ─▶ client/available   held - charge
                                                                 (Hold: posted)
 cancel / fail / time-out
-         void:{job}    client/escrow    ─▶ client/available     held   (Hold: voided)
-faucet   mint:{uuid}   issuance         ─▶ address/available
+         void:{job}      client/escrow    ─▶ client/available   held   (Hold: voided)
+faucet   mint:{uuid}     issuance         ─▶ address/available
 ```
-`charge` is the metered cost capped at the amount held. The fee is taken out of the
-charge (the client never pays more than the escrow). `pay` and `void` are written even
-for zero amounts so every settled job appears in the block log; `fee` and `refund` only
-when non-zero.
+A top-up (`hold:{job}:{n}`, at most one per claim `n`) grows a pending hold when a claim
+goes to a miner whose price for the job is above what is held; `held` is then the hold's
+whole amount, released once by its post or void. `charge` is the metered cost capped at
+`held`. The fee is taken out of the charge (the client never pays more than the escrow).
+`pay` and `void` are written even for zero amounts so every settled job appears in the
+block log; `fee` and `refund` only when non-zero.
 
 Results are values (TigerBeetle's `create_transfers` style). Checks run in this order and
 the first that fails is the answer:
@@ -29,7 +32,11 @@ the first that fails is the answer:
    `accounts_must_be_different`, `accounts_must_be_on_transfer_chain`,
    `accounts_do_not_fit_kind`                    (the request alone is malformed)
 2. `exists` (same fields: nothing changes) / `exists_with_different_fields`
-3. `hold_not_found`, `hold_already_resolved`     (post and void only)
+3. `hold_not_found`, `hold_already_resolved`     (post, void and top-up only; a top-up
+                                                 takes its accounts from its hold, so for it
+                                                 `hold_not_found` comes first, and a hold
+                                                 grown past the maximum amount answers
+                                                 `amount_too_large` after `exists`)
 4. `exceeds_available`                           (a hold larger than the available balance)
 5. `created`
 A post or void is linked: all its transfers are created, or none.
@@ -112,6 +119,11 @@ def hold_id_for(job_id: str) -> str:
     return f"hold:{job_id}"
 
 
+def top_up_id_for(job_id: str, attempt: int) -> str:
+    """The transfer that grows a job's hold at its `attempt`-th claim."""
+    return f"hold:{job_id}:{attempt}"
+
+
 @dataclass(frozen=True)
 class Transfer:
     transfer_id: str
@@ -121,7 +133,7 @@ class Transfer:
     amount_uait: int
     kind: TransferKind
     job_id: str | None = None
-    hold_id: str | None = None  # the hold a pay/fee/refund/void resolves
+    hold_id: str | None = None  # the hold a pay/fee/refund/void resolves or a top-up grows
     created_at_ms: int = 0
 
     def same_as(self, other: Transfer) -> bool:
@@ -190,7 +202,8 @@ class Ledger:
     holds: dict[str, Hold] = field(default_factory=dict)
     new_transfers: list[Transfer] = field(default_factory=list)
     changed_accounts: set[AccountId] = field(default_factory=set)
-    changed_holds: set[str] = field(default_factory=set)
+    changed_holds: set[str] = field(default_factory=set)  # created or resolved
+    grown_holds: set[str] = field(default_factory=set)  # amount raised by a top-up
 
     def balance(self, account: AccountId) -> int:
         return self.balances.get(account, 0)
@@ -251,6 +264,38 @@ class Ledger:
             hold_id, chain_id, address, amount_uait, HoldStatus.PENDING, job_id
         )
         self.changed_holds.add(hold_id)
+        return Result.CREATED
+
+    def top_up(self, job_id: str, attempt: int, amount_uait: int, now_ms: int = 0) -> Result:
+        """Grow a job's pending hold by `amount_uait` (client available -> escrow): its
+        `attempt`-th claim went to a miner whose price for it is above what is held."""
+        hold_id = hold_id_for(job_id)
+        hold = self.holds.get(hold_id)
+        if hold is None:
+            return Result.HOLD_NOT_FOUND
+        t = Transfer(
+            top_up_id_for(job_id, attempt),
+            hold.chain_id,
+            available(hold.chain_id, hold.address),
+            escrow(hold.chain_id, hold.address),
+            amount_uait,
+            TransferKind.HOLD,
+            job_id=job_id,
+            hold_id=hold_id,
+            created_at_ms=now_ms,
+        )
+        problem = _validate(t) or self._existing(t)
+        if problem is not None:
+            return problem
+        if hold.amount_uait + amount_uait > MAX_AMOUNT_UAIT:
+            return Result.AMOUNT_TOO_LARGE
+        if hold.status != HoldStatus.PENDING:
+            return Result.HOLD_ALREADY_RESOLVED
+        if self.balance(t.debit) < amount_uait:
+            return Result.EXCEEDS_AVAILABLE
+        self._post(t)
+        self.holds[hold_id] = replace(hold, amount_uait=hold.amount_uait + amount_uait)
+        self.grown_holds.add(hold_id)
         return Result.CREATED
 
     # -- resolving holds ----------------------------------------------------------------

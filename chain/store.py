@@ -47,6 +47,7 @@ from chain.ledger import (
     escrow,
     hold_id_for,
     issuance,
+    top_up_id_for,
 )
 
 metadata = MetaData()
@@ -134,6 +135,11 @@ _RESOLVE_HOLD = (
     update(ledger_holds)
     .where(ledger_holds.c.hold_id == bindparam("h_id"))
     .values(status=bindparam("h_status"), resolved_at_ms=bindparam("h_at"))
+)
+_GROW_HOLD = (
+    update(ledger_holds)
+    .where(ledger_holds.c.hold_id == bindparam("h_id"))
+    .values(amount_uait=bindparam("h_amount"))
 )
 
 
@@ -240,6 +246,9 @@ async def _save(conn: AsyncConnection, ledger: Ledger, now_ms: int) -> None:
             await conn.execute(
                 _RESOLVE_HOLD, {"h_id": hold_id, "h_status": hold.status.value, "h_at": now_ms}
             )
+    for hold_id in sorted(ledger.grown_holds):
+        amount = ledger.holds[hold_id].amount_uait
+        await conn.execute(_GROW_HOLD, {"h_id": hold_id, "h_amount": amount})
 
 
 # -- operations (each inside the caller's transaction) ---------------------------------------
@@ -264,6 +273,21 @@ async def hold(
     # A replay is answered from the transfer id alone; the hold row is not needed.
     ledger = await _load(conn, [available(chain_id, address), escrow(chain_id, address)], [hold_id])
     result = ledger.hold(job_id, chain_id, address, amount_uait, now_ms)
+    await _save(conn, ledger, now_ms)
+    return result
+
+
+async def top_up(
+    conn: AsyncConnection, job_id: str, attempt: int, amount_uait: int, now_ms: int
+) -> Result:
+    """Grow a job's pending hold by `amount_uait` at its `attempt`-th claim (a miner priced
+    above the escrow took it); `exceeds_available` when the client cannot cover it."""
+    held = await _load_hold(conn, hold_id_for(job_id))
+    if held is None:
+        return Result.HOLD_NOT_FOUND
+    accounts = [available(held.chain_id, held.address), escrow(held.chain_id, held.address)]
+    ledger = await _load(conn, accounts, [top_up_id_for(job_id, attempt)], [held])
+    result = ledger.top_up(job_id, attempt, amount_uait, now_ms)
     await _save(conn, ledger, now_ms)
     return result
 
@@ -324,6 +348,25 @@ async def balance(conn: AsyncConnection, chain_id: str, address: str) -> Balance
     )
     values = {row.kind: row.balance_uait for row in rows}
     return Balance(values.get("available", 0), values.get("escrow", 0))
+
+
+async def available_balances(
+    conn: AsyncConnection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """(chain_id, address) -> available uAIT, for each key asked (0 without an account)."""
+    wanted = sorted(set(keys))
+    found = dict.fromkeys(wanted, 0)
+    if wanted:
+        rows = await conn.execute(
+            select(_A.chain_id, _A.address, _A.balance_uait).where(
+                tuple_(_A.chain_id, _A.address, _A.kind).in_(
+                    [(chain, address, AccountKind.AVAILABLE.value) for chain, address in wanted]
+                )
+            )
+        )
+        for row in rows:
+            found[(row.chain_id, row.address)] = row.balance_uait
+    return found
 
 
 async def history(

@@ -76,6 +76,8 @@ class Priority(StrEnum):
 _PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}
 _RANK_PRIORITY = {rank: prio for prio, rank in _PRIORITY_RANK.items()}
 
+UNITS_BY_UNIT = "units_by_unit"  # Job.extra key: estimated units by metering unit
+
 
 @dataclass(frozen=True)
 class Requirements:
@@ -148,3 +150,20 @@ class Job:
     @property
     def ended(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def units_by_unit(self) -> dict[str, int]:
+        """Estimated units by metering unit, as priced at submit (docs/pricing.md)."""
+        found = self.extra.get(UNITS_BY_UNIT)
+        if not isinstance(found, Mapping):
+            return {}
+        return {
+            str(unit): n
+            for unit, n in found.items()
+            if isinstance(n, int) and not isinstance(n, bool) and n >= 1
+        }
+
+    def units_in(self, unit: str) -> int:
+        """Estimated units for a miner that meters in `unit`; jobs stored before the
+        per-unit estimate fall back to `estimated_units`."""
+        return self.units_by_unit.get(unit, max(1, self.estimated_units))

@@ -2,8 +2,10 @@
 
 Rules (docs/protocol.md, "Scheduling"):
 - a miner is *eligible* for a job when it serves the job's model at a price whose
-  estimated whole-job cost (price x the job's estimated units) is within the job's
-  ``max_price`` and one of its GPU groups has the wanted ``gpu_type`` (or
+  estimated whole-job cost (price x the job's estimated units in the miner's unit) is
+  within the job's ``max_price`` and, when the dispatcher knows the client's available
+  balance, within what is held for the job plus that balance (a claim tops the escrow up
+  to the cost; docs/pricing.md), and one of its GPU groups has the wanted ``gpu_type`` (or
   family: "a100" takes "a100-80gb"), at least ``min_vram_gb`` per device and at least
   ``gpu_count`` devices; a job without hardware requirements also runs on a CPU miner;
 - jobs are served ``high`` before ``normal`` before ``low``, first in first out within a
@@ -16,7 +18,7 @@ Nothing here awaits or touches storage; the hub feeds it snapshots.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol.messages import GpuInfo, ModelOffer, gpu_type_matches
 from protocol.money import format_ait
@@ -37,11 +39,21 @@ class JobDemand:
     gpu_count: int = 1
     min_vram_gb: float = 0
     max_price_uait: int | None = None  # cap on the whole job's cost
-    estimated_units: int = 1
+    estimated_units: int = 1  # in the estimate's unit; the fallback for other units
+    units_by_unit: Mapping[str, int] = field(default_factory=dict)
+    held_uait: int = 0  # in escrow for the job now
+    available_uait: int | None = None  # the client's available balance; None: not known
 
     @property
     def wants_hardware(self) -> bool:
         return self.gpu_type is not None or self.min_vram_gb > 0 or self.gpu_count > 1
+
+    def units_in(self, unit: str) -> int:
+        return self.units_by_unit.get(unit, self.estimated_units)
+
+    def cost(self, offer: ModelOffer) -> int:
+        """The job's estimated whole cost at this offer's price, in uAIT."""
+        return offer.price_uait_per_unit * self.units_in(offer.unit)
 
 
 @dataclass(frozen=True)
@@ -78,13 +90,36 @@ def hardware_fits(gpus: Sequence[GpuInfo], job: JobDemand) -> bool:
 
 def price_fits(offer: ModelOffer, job: JobDemand) -> bool:
     limit = job.max_price_uait
-    return limit is None or offer.price_uait_per_unit * job.estimated_units <= limit
+    return limit is None or job.cost(offer) <= limit
+
+
+def funded(offer: ModelOffer, job: JobDemand) -> bool:
+    """The escrow, topped up from the client's available balance, covers this offer (always
+    true when the balance is not known)."""
+    if job.available_uait is None:
+        return True
+    return job.cost(offer) <= job.held_uait + job.available_uait
+
+
+def over_escrow(job: JobDemand, miners: Iterable[MinerSnapshot]) -> bool:
+    """Some miner would cost this job more than its escrow (its claim needs a top-up): the
+    dispatcher then needs the client's available balance to plan it."""
+    for miner in miners:
+        offer = miner.offer(job.model)
+        if offer is not None and price_fits(offer, job) and job.cost(offer) > job.held_uait:
+            return True
+    return False
 
 
 def eligible(miner: MinerSnapshot, job: JobDemand) -> bool:
     """The miner could run the job now or once it has a free slot."""
     offer = miner.offer(job.model)
-    return offer is not None and price_fits(offer, job) and hardware_fits(miner.gpus, job)
+    return (
+        offer is not None
+        and price_fits(offer, job)
+        and funded(offer, job)
+        and hardware_fits(miner.gpus, job)
+    )
 
 
 def _offer(miner: MinerSnapshot, job: JobDemand) -> ModelOffer:
@@ -93,12 +128,12 @@ def _offer(miner: MinerSnapshot, job: JobDemand) -> ModelOffer:
     return offer
 
 
-def _price(miner: MinerSnapshot, job: JobDemand) -> int:
-    return _offer(miner, job).price_uait_per_unit
+def _cost(miner: MinerSnapshot, job: JobDemand) -> int:
+    return job.cost(_offer(miner, job))
 
 
 def _rank(miner: MinerSnapshot, job: JobDemand, slots: Mapping[str, int]) -> tuple[int, int, str]:
-    return (_price(miner, job), -slots[miner.miner_id], miner.miner_id)
+    return (_cost(miner, job), -slots[miner.miner_id], miner.miner_id)
 
 
 def plan(jobs: Iterable[JobDemand], miners: Iterable[MinerSnapshot]) -> list[tuple[str, str]]:
@@ -140,15 +175,24 @@ def queue_reason(job: JobDemand, miners: Iterable[MinerSnapshot]) -> str:
         return f"{head} {_hardware_gap(serving, job)}"
     priced = [m for m in hw if price_fits(_offer(m, job), job)]
     if not priced:
-        cheapest = min(_price(m, job) for m in hw) * job.estimated_units
+        cheapest = min(_cost(m, job) for m in hw)
         limit = job.max_price_uait or 0
         return (
             f"{head} the cheapest would cost about {format_ait(cheapest)} AIT for this job, "
             f"above max_price {format_ait(limit)}"
         )
-    free = [m for m in priced if m.free_slots > 0]
+    affordable = [m for m in priced if funded(_offer(m, job), job)]
+    if not affordable:
+        cheapest = min(_cost(m, job) for m in priced)
+        return (
+            f"{head} the cheapest would cost about {format_ait(cheapest)} AIT for this job, "
+            f"more than its escrow ({format_ait(job.held_uait)} AIT) plus the client's "
+            f"available balance ({format_ait(job.available_uait or 0)} AIT); it waits for "
+            "funds or a cheaper miner until its timeout"
+        )
+    free = [m for m in affordable if m.free_slots > 0]
     if not free:
-        n = len(priced)
+        n = len(affordable)
         return "the only matching miner is busy" if n == 1 else f"all {n} matching miners are busy"
     return "a matching miner has a free slot; jobs ahead of it in the queue go first"
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Runtime units (SPEC §9): token, item, second, byte.
+UNITS = ("token", "item", "byte", "second")
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_SECONDS = 60
 CHARS_PER_TOKEN = 4  # a GPT-2 BPE token is about 4 characters of English text
@@ -59,6 +60,12 @@ def estimate_units(unit: str, job_input: Any, input_bytes: int, params: Mapping[
     if unit == "second":
         return _int_param(params, "max_seconds", DEFAULT_SECONDS)
     return 1
+
+
+def units_by_unit(job_input: Any, input_bytes: int, params: Mapping[str, Any]) -> dict[str, int]:
+    """The job's estimated units in every unit a miner may sell in. Kept with the job at
+    submit, so a miner seen only later (another unit than the estimate's) is priced right."""
+    return {unit: estimate_units(unit, job_input, input_bytes, params) for unit in UNITS}
 
 
 def _int_param(params: Mapping[str, Any], name: str, default: int) -> int:

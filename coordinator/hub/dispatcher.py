@@ -3,7 +3,10 @@
 - Dispatcher: woken by ``JobBus.wake()`` (a new job, a freed slot, a new miner, or a
   NOTIFY from another coordinator process) and, as a safety net, every ``POLL_S``; it
   plans with the pure scheduler over the queued jobs and the free miners, claims each
-  pair atomically and pushes ``assign`` at once. Miners never poll.
+  pair atomically and pushes ``assign`` at once. Miners never poll. For a job whose
+  escrow is below what a free miner would cost, it reads the client's available balance
+  first, so the plan leaves out miners the client cannot fund (the claim tops the escrow
+  up; docs/pricing.md).
 - Reaper: expires leases that were not renewed (re-queue or fail by attempts) and ends
   jobs past their deadline (``timed_out``), telling the miner that held them to stop.
 - Cancel listener: a ``cancel`` event on the bus (client cancel, time-out) is pushed to
@@ -19,13 +22,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from coordinator.domain.jobs import Job, JobStatus
-from coordinator.domain.matching import plan
+from coordinator.domain.matching import JobDemand, MinerSnapshot, over_escrow, plan
 from coordinator.hub.registry import MinerConn, MinerRegistry, demand_of
 from coordinator.service import lifecycle
 from coordinator.service.core import Core
 from coordinator.service.dispatch import assignment
 from coordinator.service.lifecycle import Change, MinerIdentity
 from protocol.messages import Cancel
+from protocol.timefmt import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,8 @@ class Hub:
         if not jobs:
             return False
         by_id = {j.job_id: j for j in jobs}
-        pairs = plan([demand_of(j) for j in jobs], [c.snapshot() for c in free])
+        snapshots = [c.snapshot() for c in free]
+        pairs = plan(await self._demands(core, jobs, snapshots), snapshots)
         # Claim the whole plan at once: the claims share one group commit instead of
         # waiting for a commit each (docs/benchmarks.md: serial claims capped dispatch).
         claims = []
@@ -83,6 +88,28 @@ class Hub:
         assigned = outcomes.count(ASSIGNED)
         return (assigned > 0 and len(jobs) == QUEUE_SCAN) or LOST in outcomes
 
+    async def _demands(
+        self, core: Core, jobs: list[Job], miners: list[MinerSnapshot]
+    ) -> list[JobDemand]:
+        """The scheduler's view of the queued jobs; with the client's available balance
+        for those a free miner would cost more than their escrow (one read, only then)."""
+        demands = [demand_of(j) for j in jobs]
+        short = {
+            (j.chain_id, j.client_address)
+            for j, d in zip(jobs, demands, strict=True)
+            if over_escrow(d, miners)
+        }
+        if not short:
+            return demands
+        balances = await lifecycle.available_balances(core, short)
+        self.registry.note_balances(balances, now_ms())
+        return [
+            demand_of(j, balances[(j.chain_id, j.client_address)])
+            if (j.chain_id, j.client_address) in short
+            else d
+            for j, d in zip(jobs, demands, strict=True)
+        ]
+
     async def _assign(self, core: Core, conn: MinerConn, job: Job) -> str:
         job_id = job.job_id
         offer = conn.advert.offer(job.model)
@@ -93,7 +120,9 @@ class Hub:
             core, job_id, identity, offer.price_uait_per_unit, offer.unit
         )
         if claimed is None:
-            return LOST  # taken by another process, cancelled or past its deadline
+            # Taken by another process, cancelled, past its deadline, or the client's
+            # balance went to another claim: the next round plans with fresh balances.
+            return LOST
         conn.running.add(job_id)
         msg = await assignment(core, claimed, offer)
         if not await conn.send(msg):

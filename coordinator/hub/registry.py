@@ -9,7 +9,7 @@ are remembered (bounded) so prices and ``never_matches_reason`` survive a short 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,8 @@ from protocol.money import uait_to_ait
 from protocol.timefmt import iso_ms, now_ms
 
 MAX_REMEMBERED = 1000  # disconnected miners kept for prices and reasons
+BALANCE_FRESH_MS = 5_000  # a client balance the dispatcher read is used for reasons this long
+MAX_BALANCES = 10_000  # client balances remembered for queue reasons
 
 Sender = Callable[[Message], Awaitable[bool]]
 Closer = Callable[[int, str], Awaitable[None]]
@@ -74,8 +76,9 @@ class MinerConn:
         return MinerSnapshot(self.miner_id, self.advert.gpus, self.advert.models, self.free_slots)
 
 
-def demand_of(job: Job) -> JobDemand:
-    """The scheduler's view of a job row."""
+def demand_of(job: Job, available_uait: int | None = None) -> JobDemand:
+    """The scheduler's view of a job row (and of its client's available balance, when the
+    caller knows it)."""
     req = job.requirements
     return JobDemand(
         job_id=job.job_id,
@@ -87,6 +90,9 @@ def demand_of(job: Job) -> JobDemand:
         min_vram_gb=req.min_vram_gb or 0,
         max_price_uait=job.max_price_uait,
         estimated_units=max(1, job.estimated_units),
+        units_by_unit=job.units_by_unit,
+        held_uait=job.estimated_cost_uait,
+        available_uait=available_uait,
     )
 
 
@@ -95,6 +101,8 @@ class MinerRegistry:
         self._conns: dict[str, MinerConn] = {}
         self._known: OrderedDict[str, Advert] = OrderedDict()
         self._tracks: dict[str, Track] = {}
+        # (chain_id, address) -> (available uAIT, when read): what the dispatcher last saw
+        self._balances: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
 
     # -- connections ------------------------------------------------------------------
     def add(self, conn: MinerConn) -> MinerConn | None:
@@ -138,11 +146,27 @@ class MinerRegistry:
     def snapshots(self) -> list[MinerSnapshot]:
         return [c.snapshot() for c in self._conns.values()]
 
+    # -- client balances the dispatcher read (so queue reasons can name a short wallet) ----
+    def note_balances(self, balances: Mapping[tuple[str, str], int], at_ms: int) -> None:
+        for key, available_uait in balances.items():
+            self._balances[key] = (available_uait, at_ms)
+            self._balances.move_to_end(key)
+        while len(self._balances) > MAX_BALANCES:
+            self._balances.popitem(last=False)
+
+    def available_of(self, job: Job, now: int | None = None) -> int | None:
+        """The client's available balance as the dispatcher recently read it, else None."""
+        seen = self._balances.get((job.chain_id, job.client_address))
+        if seen is None:
+            return None
+        available_uait, at_ms = seen
+        return available_uait if (now or now_ms()) - at_ms <= BALANCE_FRESH_MS else None
+
     # -- MinerRegistryProtocol --------------------------------------------------------
     def queue_reason(self, job: Job) -> str | None:
         if job.status != JobStatus.QUEUED:
             return None
-        return queue_reason(demand_of(job), self.snapshots())
+        return queue_reason(demand_of(job, self.available_of(job)), self.snapshots())
 
     def never_matches_reason(self, job: Job) -> str | None:
         demand = demand_of(job)

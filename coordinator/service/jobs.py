@@ -15,7 +15,7 @@ from chain.ledger import Result
 from coordinator.appkeys import MinerRegistryProtocol
 from coordinator.db import schema
 from coordinator.domain import pricing
-from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
+from coordinator.domain.jobs import UNITS_BY_UNIT, Job, JobStatus, Priority, Requirements
 from coordinator.errors import Conflict, InsufficientFunds, NotFound, ValidationFailed
 from coordinator.service.core import Core
 from coordinator.service.keys import ApiKey
@@ -138,7 +138,11 @@ async def submit(
         created_at_ms=now,
         updated_at_ms=now,
         name=req.name,
-        extra={"estimate_unit": est.unit, "estimate_price_uait_per_unit": est.price_uait_per_unit},
+        extra={
+            "estimate_unit": est.unit,
+            "estimate_price_uait_per_unit": est.price_uait_per_unit,
+            UNITS_BY_UNIT: pricing.units_by_unit(priced_input, input_bytes, req.params),
+        },
     )
     if req.fail_if_unmatched:
         reason = registry.never_matches_reason(job) if registry else "no miner hub is running"

@@ -11,6 +11,7 @@ paid for a job twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +19,8 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from chain import store as ledger_store
+from chain.ledger import Result
 from coordinator.db import schema
 from coordinator.domain.jobs import TERMINAL, Job, JobStatus
 from coordinator.service.core import Core
@@ -49,6 +52,7 @@ __all__ = [
     "Change",
     "MinerIdentity",
     "Outcome",
+    "available_balances",
     "claim_job",
     "complete_job",
     "end_job",
@@ -94,6 +98,15 @@ async def running_jobs_of(core: Core, miner_id: str) -> list[Job]:
         return [job_from_row(row) for row in await conn.execute(query)]
 
 
+async def available_balances(
+    core: Core, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """Clients' available balances by (chain_id, address), for planning claims that need
+    an escrow top-up."""
+    async with core.db.read() as conn:
+        return await ledger_store.available_balances(conn, keys)
+
+
 async def job_input(core: Core, job: Job) -> Any:
     """What the runtime gets: the decoded JSON input, or the uploaded file's bytes."""
     if job.input_file_id is None:
@@ -113,7 +126,15 @@ async def claim_job(
 ) -> Job | None:
     """Atomically lease a queued job to `miner` (queued -> running, attempts + 1, lease of
     `lease_seconds`). None when the job is no longer queued (claimed elsewhere, cancelled,
-    past its deadline). The price is recorded: completion is paid at most at it."""
+    past its deadline) or when the client cannot fund this miner's price. The price is
+    recorded: completion is paid at most at it.
+
+    When the job's estimated cost at this price (price x its estimated units in `unit`,
+    never above `max_price`) exceeds its escrow, the escrow is topped up to that cost
+    (transfer `hold:{job_id}:{attempt}`) in the same commit and `estimated_cost` follows;
+    without enough available balance nothing changes and the job stays queued
+    (docs/pricing.md). The dispatcher plans with the client's balance, so that case is
+    only a race between two claims of one client."""
 
     async def op(conn: AsyncConnection) -> Job | None:
         query = select(*JOB_COLUMNS).where(
@@ -128,7 +149,22 @@ async def claim_job(
         now = now_ms()
         if job.deadline_ms <= now:
             return None
+        attempt = job.attempts + 1
         extra = {**job.extra, "price_uait_per_unit": price_uait_per_unit, "unit": unit}
+        values: dict[str, Any] = {}
+        units = job.units_in(unit)
+        cost = price_uait_per_unit * units
+        if job.max_price_uait is not None:
+            cost = min(cost, job.max_price_uait)
+        if cost > job.estimated_cost_uait:
+            top_up = cost - job.estimated_cost_uait
+            result = await ledger_store.top_up(conn, job_id, attempt, top_up, now)
+            if result == Result.EXCEEDS_AVAILABLE:
+                return None
+            if not result.ok:
+                raise RuntimeError(f"escrow top-up for {job_id} answered {result}")
+            values = {"estimated_cost_uait": cost, "estimated_units": units}
+            extra.update(estimate_unit=unit, estimate_price_uait_per_unit=price_uait_per_unit)
         return await update_job(
             conn,
             job_id,
@@ -136,13 +172,14 @@ async def claim_job(
             status=JobStatus.RUNNING.value,
             miner_id=miner.miner_id,
             miner_address=miner.address,
-            attempts=job.attempts + 1,
+            attempts=attempt,
             lease_expires_at_ms=now + int(core.settings.lease_seconds * 1000),
             started_at_ms=job.started_at_ms or now,
             progress=0,
             progress_message=None,
             extra=dumps(extra),
             updated_at_ms=now,
+            **values,
         )
 
     job = await core.db.write(op)

@@ -2,8 +2,9 @@
 
 After every step, on every chain: all accounts sum to zero (so the non-issuance accounts
 sum to what was minted), no available or escrow balance is negative, each escrow equals its
-pending holds; a hold resolves at most once; a replayed transfer answers `exists` (or
-`exists_with_different_fields`) and changes nothing.
+pending holds (top-ups included); a hold resolves at most once, releasing its whole amount;
+a replayed transfer answers `exists` (or `exists_with_different_fields`) and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -89,6 +90,29 @@ class LedgerMachine(RuleBasedStateMachine):
         again = self.ledger.hold(job_id, chain, address, amount)
         assert again == Result.EXISTS
         return job_id
+
+    @rule(job_id=st.one_of(jobs, resolved), amount=amounts)
+    def top_up(self, job_id: str, amount: int) -> None:
+        """A claim by a dearer miner grows a pending hold; nothing else moves money."""
+        hold = self.ledger.holds.get(hold_id_for(job_id))
+        before = snapshot(self.ledger)
+        self.counter += 1
+        attempt = self.counter
+        result = self.ledger.top_up(job_id, attempt, amount)
+        if hold is None or hold.status != HoldStatus.PENDING:
+            expected = Result.HOLD_NOT_FOUND if hold is None else Result.HOLD_ALREADY_RESOLVED
+            assert result == expected
+            assert snapshot(self.ledger) == before
+            return
+        if amount > self.ledger.balance(available(hold.chain_id, hold.address)):
+            assert result == Result.EXCEEDS_AVAILABLE
+            assert snapshot(self.ledger) == before
+            return
+        assert result == Result.CREATED
+        assert self.ledger.holds[hold.hold_id].amount_uait == hold.amount_uait + amount
+        mid = snapshot(self.ledger)
+        assert self.ledger.top_up(job_id, attempt, amount) == Result.EXISTS
+        assert snapshot(self.ledger) == mid
 
     @rule(
         target=resolved,

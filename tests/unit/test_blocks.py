@@ -74,6 +74,8 @@ def test_transfer_entry_shape() -> None:
 def test_transfer_ids_map_to_jobs() -> None:
     assert job_id_of_transfer("pay:job_abc") == "job_abc"
     assert job_id_of_transfer("refund:job_abc") == "job_abc"
+    assert job_id_of_transfer("hold:job_abc:2") == "job_abc"  # an escrow top-up
+    assert kind_of_transfer("hold:job_abc:2") == "hold"
     assert job_id_of_transfer("mint:1234") is None
     assert job_id_of_transfer("pay:") is None
     assert job_id_of_transfer("nonsense") is None

@@ -96,6 +96,39 @@ def test_hold_exceeding_available() -> None:
     assert ledger.post("job_1", MINER, 1, 0).result == Result.HOLD_NOT_FOUND
 
 
+def test_top_up_grows_the_hold_and_its_resolution_releases_all_of_it_once() -> None:
+    ledger = funded(1_000)
+    assert ledger.top_up("job_1", 1, 5) == Result.HOLD_NOT_FOUND
+    assert ledger.hold("job_1", C, ALICE, 0) == Result.CREATED  # estimate 0: no miner known
+    assert ledger.top_up("job_1", 1, 1_001) == Result.EXCEEDS_AVAILABLE
+    assert ledger.top_up("job_1", 1, 300) == Result.CREATED
+    assert ledger.top_up("job_1", 1, 300) == Result.EXISTS  # a replayed claim
+    assert ledger.top_up("job_1", 1, 301) == Result.EXISTS_WITH_DIFFERENT_FIELDS
+    assert ledger.top_up("job_1", 2, 100) == Result.CREATED  # a later, dearer claim
+    assert ledger.holds["hold:job_1"].amount_uait == 400
+    assert ledger.grown_holds == {"hold:job_1"}
+    assert (ledger.balance(available(C, ALICE)), ledger.balance(escrow(C, ALICE))) == (600, 400)
+    assert ledger.check_invariants() == []
+    top = ledger.transfers["hold:job_1:2"]
+    assert (top.kind, top.job_id, top.hold_id) == (TransferKind.HOLD, "job_1", "hold:job_1")
+    s = ledger.post("job_1", MINER, 350, fee_bps=1000)
+    assert (s.charged_uait, s.fee_uait, s.paid_uait, s.returned_uait) == (350, 35, 315, 50)
+    assert ledger.balance(escrow(C, ALICE)) == 0 and ledger.balance(available(C, ALICE)) == 650
+    assert ledger.top_up("job_1", 3, 1) == Result.HOLD_ALREADY_RESOLVED
+    assert ledger.top_up("job_1", 2, 100) == Result.EXISTS  # still answered after posting
+    assert ledger.check_invariants() == []
+
+
+def test_top_up_then_void_returns_the_whole_hold() -> None:
+    ledger = funded(1_000)
+    ledger.hold("job_1", C, ALICE, 100)
+    assert ledger.top_up("job_1", 1, 200) == Result.CREATED
+    s = ledger.void("job_1")
+    assert (s.result, s.returned_uait) == (Result.CREATED, 300)
+    assert ledger.balance(available(C, ALICE)) == 1_000 and ledger.check_invariants() == []
+    assert ledger.top_up("job_1", 1, -1) == Result.AMOUNT_MUST_NOT_BE_NEGATIVE
+
+
 def test_precedence_malformed_before_exists_before_balance() -> None:
     ledger = funded(10)
     assert ledger.hold("job_1", C, ALICE, 5) == Result.CREATED

@@ -9,6 +9,7 @@ from coordinator.domain.matching import (
     JobDemand,
     MinerSnapshot,
     eligible,
+    over_escrow,
     plan,
     queue_reason,
     sort_jobs,
@@ -105,6 +106,39 @@ def test_queue_reasons() -> None:
     assert "free slot" in queue_reason(job(), [miner("m1")])
     cpu_only = [miner("m1", gpus=(GpuInfo("cpu", 0, 1),))]
     assert queue_reason(job(min_vram_gb=8), cpu_only) == "1 miner serves gpt2 but none has a GPU"
+
+
+def test_cost_uses_the_units_of_the_miners_unit() -> None:
+    per_byte = miner("m_byte", models=(ModelOffer("gpt2", "text-generation", "byte", 1),))
+    per_token = miner("m_token", models=(GPT2,))  # 20 uAIT per token
+    # Submitted before any miner was seen: one unit in no unit, real units by unit.
+    demand = job(estimated_units=1, units_by_unit={"token": 100, "byte": 400})
+    assert demand.cost(GPT2) == 2_000 and demand.units_in("item") == 1
+    assert eligible(per_token, job(max_price_uait=2_000, units_by_unit={"token": 100}))
+    assert not eligible(per_token, job(max_price_uait=1_999, units_by_unit={"token": 100}))
+    # The cheaper whole job wins, not the lower price per unit.
+    assert plan([demand], [per_token, per_byte]) == [("job_a", "m_byte")]
+
+
+def test_client_balance_bounds_a_top_up() -> None:
+    m = miner("m1")  # 20 uAIT per token: 2,000 for 100 tokens
+    units = {"token": 100}
+    assert eligible(m, job(units_by_unit=units))  # balance not known: not limited
+    assert eligible(m, job(units_by_unit=units, held_uait=500, available_uait=1_500))
+    short = job(units_by_unit=units, held_uait=500, available_uait=1_499)
+    assert not eligible(m, short) and plan([short], [m]) == []
+    assert over_escrow(short, [m]) and not over_escrow(
+        job(units_by_unit=units, held_uait=2_000), [m]
+    )
+    assert not over_escrow(job(units_by_unit=units, max_price_uait=1_000), [m])  # not eligible
+    assert queue_reason(short, [m]) == (
+        "1 miner serves gpt2 but the cheapest would cost about 0.002000 AIT for this job, "
+        "more than its escrow (0.000500 AIT) plus the client's available balance "
+        "(0.001499 AIT); it waits for funds or a cheaper miner until its timeout"
+    )
+    # A cheaper miner it can fund takes it.
+    cheap = miner("m2", models=(ModelOffer("gpt2", "text-generation", "token", 10),))
+    assert plan([short], [m, cheap]) == [("job_a", "m2")]
 
 
 def test_matching_is_pure() -> None:
