@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chain import store as ledger_store
@@ -58,6 +58,15 @@ def _result_value(output: bytes, content_type: str, summary: Mapping[str, Any], 
     }
 
 
+# Built once (each completion runs them; see update_job).
+_INSERT_RECEIPT = schema.receipts.insert()
+_COUNT_COMPLETED = (
+    update(schema.miners)
+    .where(schema.miners.c.miner_id == bindparam("m_id"))
+    .values(jobs_completed=schema.miners.c.jobs_completed + 1, last_seen_ms=bindparam("m_now"))
+)
+
+
 async def complete_job(
     core: Core,
     job_id: str,
@@ -105,7 +114,7 @@ async def complete_job(
         if settlement.result != Result.CREATED:
             raise RuntimeError(f"settlement of {job_id} answered {settlement.result}")
         await conn.execute(
-            schema.receipts.insert(),
+            _INSERT_RECEIPT,
             {
                 "job_id": job_id,
                 "chain_id": job.chain_id,
@@ -114,11 +123,7 @@ async def complete_job(
                 "created_at_ms": now,
             },
         )
-        await conn.execute(
-            update(schema.miners)
-            .where(schema.miners.c.miner_id == miner_id)
-            .values(jobs_completed=schema.miners.c.jobs_completed + 1, last_seen_ms=now)
-        )
+        await conn.execute(_COUNT_COMPLETED, {"m_id": miner_id, "m_now": now})
         url = f"/v1/jobs/{job_id}/download"
         done = await update_job(
             conn,
