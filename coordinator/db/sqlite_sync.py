@@ -28,6 +28,8 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult
 from sqlalchemy.pool import QueuePool, StaticPool
 
+from coordinator.db import prepared
+
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
@@ -140,6 +142,8 @@ class SyncConnection(AsyncConnection):
     """The `AsyncConnection` calls the service code uses, run synchronously on a sync
     `Connection` (SQLite only). Anything else it is asked raises AttributeError."""
 
+    _plans = prepared.PlanCache()  # shared: plans depend only on the statement and dialect
+
     def __init__(self, sync_connection: Connection) -> None:  # no super(): no AsyncEngine
         self.sync_connection = sync_connection
         self.sync_engine = sync_connection.engine
@@ -152,6 +156,10 @@ class SyncConnection(AsyncConnection):
     async def execute(
         self, statement: Any, parameters: Any = None, *, execution_options: Any = None
     ) -> CursorResult[Any]:
+        if execution_options is None:
+            result = prepared.run(self._proxied, self._plans, statement, parameters)
+            if result is not None:
+                return result  # type: ignore[return-value]  # the same reading API
         return self._proxied.execute(statement, parameters, execution_options=execution_options)
 
     async def scalar(

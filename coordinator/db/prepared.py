@@ -1,0 +1,164 @@
+"""Prepared statements for SQLite: SQL compiled once, run straight on the sqlite3 cursor.
+
+Sync Core still spends 40-100 us of Python per statement (execution context, parameter
+and result set-up) around a few microseconds of SQLite. The hot path runs the same
+statement objects again and again (built once at import: `load_job`, the ledger's,
+`update_job`'s), so their compiled SQL, parameter order and result keys are kept and
+reused. A statement object qualifies once it is seen a second time while still cached, so
+statements built per call never pay for a plan. What a plan cannot do exactly as
+SQLAlchemy would (Python-side column defaults, expanding IN lists, literal binds) is left
+to SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+
+SEEN_MAX = 512  # statements seen once, kept (alive) to recognise a second sighting
+PLANS_MAX = 512
+
+
+@dataclass(frozen=True)
+class DmlResult:
+    """What the service code reads of an INSERT/UPDATE/DELETE without RETURNING."""
+
+    rowcount: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sql: str
+    names: tuple[str, ...]  # parameter names in positional order
+    fixed: Mapping[str, Any]  # values the statement carries itself (e.g. the 1 of `n + 1`)
+    binders: tuple[Callable[[Any], Any] | None, ...]
+    metadata: SimpleResultMetaData | None  # None: no rows come back
+    converters: tuple[Callable[[Any], Any] | None, ...]
+
+    def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        fixed = self.fixed
+        values = [params[name] if name in params else fixed[name] for name in self.names]
+        for i, bind in enumerate(self.binders):
+            if bind is not None:
+                values[i] = bind(values[i])
+        return tuple(values)
+
+    def rows(self, raw: list[Any]) -> list[Any]:
+        if not any(self.converters):
+            return raw
+        return [
+            tuple(v if c is None else c(v) for v, c in zip(row, self.converters, strict=True))
+            for row in raw
+        ]
+
+
+def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...]) -> _Plan | None:
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys) or None)
+    if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
+        return None
+    if any(
+        getattr(compiled, name, None)
+        for name in (
+            "insert_prefetch",
+            "update_prefetch",
+            "post_compile_params",
+            "literal_execute_params",
+        )
+    ):
+        return None
+    processors = compiled._bind_processors
+    names = tuple(compiled.positiontup)
+    fixed = {
+        name: bind.effective_value
+        for bind, name in compiled.bind_names.items()
+        if not bind.required and bind.callable is None
+    }
+    binders = tuple(processors.get(name) for name in names)
+    if any(isinstance(b, tuple) for b in binders):
+        return None  # tuple parameters: SQLAlchemy's
+    metadata = None
+    converters: tuple[Callable[[Any], Any] | None, ...] = ()
+    if compiled._result_columns:
+        metadata = SimpleResultMetaData([col[0] for col in compiled._result_columns])
+        converters = tuple(
+            col[3]._cached_result_processor(dialect, None) for col in compiled._result_columns
+        )
+    return _Plan(compiled.string, names, fixed, binders, metadata, converters)  # type: ignore[arg-type]
+
+
+class PlanCache:
+    """Plans by statement object (held here, so its id is not reused while cached)."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[int, ClauseElement] = OrderedDict()
+        self._plans: OrderedDict[tuple[int, tuple[str, ...]], tuple[Any, _Plan | None]] = (
+            OrderedDict()
+        )
+
+    def plan(self, statement: Any, keys: tuple[str, ...], dialect: Dialect) -> _Plan | None:
+        key = (id(statement), keys)
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] is statement:
+            return hit[1]
+        sid = id(statement)
+        if self._seen.get(sid) is not statement:
+            self._seen[sid] = statement
+            if len(self._seen) > SEEN_MAX:
+                self._seen.popitem(last=False)
+            return None
+        plan = _compile(statement, dialect, keys) if isinstance(statement, ClauseElement) else None
+        self._plans[key] = (statement, plan)
+        if len(self._plans) > PLANS_MAX:
+            self._plans.popitem(last=False)
+        return plan
+
+
+def run(
+    conn: Connection, cache: PlanCache, statement: Any, parameters: Any
+) -> IteratorResult[Any] | DmlResult | None:
+    """The statement's result through its plan, or None: let SQLAlchemy run it."""
+    many = isinstance(parameters, Sequence) and not isinstance(parameters, Mapping)
+    if many:
+        if not parameters or not isinstance(parameters[0], Mapping):
+            return None
+        keys = tuple(sorted(parameters[0]))
+    elif parameters is None:
+        keys, parameters = (), {}
+    elif isinstance(parameters, Mapping):
+        keys = tuple(sorted(parameters))
+    else:
+        return None
+    plan = cache.plan(statement, keys, conn.dialect)
+    if plan is None:
+        return None
+    try:
+        args: Any = [plan.args(p) for p in parameters] if many else plan.args(parameters)
+    except KeyError:
+        return None  # a missing parameter: SQLAlchemy says which
+    if many and plan.metadata is not None:
+        return None
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)
+    cursor = driver.cursor()
+    try:
+        if many:
+            cursor.executemany(plan.sql, args)
+        else:
+            cursor.execute(plan.sql, args)
+    except sqlite3.Error as error:
+        raise exc.DBAPIError.instance(plan.sql, args, error, sqlite3.Error) from error
+    if plan.metadata is None:
+        return DmlResult(cursor.rowcount)
+    return IteratorResult(plan.metadata, iter(plan.rows(cursor.fetchall())))
+
+
+__all__ = ["DmlResult", "PlanCache", "run"]

@@ -1,0 +1,128 @@
+"""coordinator.db.sqlite_sync / prepared: the SQLite path answers exactly what SQLAlchemy
+answers, whether a statement runs through a prepared plan or through SQLAlchemy, and reads
+see every commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.exc import IntegrityError, StatementError
+
+from coordinator.db import schema
+from coordinator.db.database import Database
+
+miners = schema.miners
+_BY_ID = select(miners.c.miner_id, miners.c.jobs_completed).where(
+    miners.c.miner_id == bindparam("m_id")
+)
+_COUNT = (
+    update(miners)
+    .where(miners.c.miner_id == bindparam("m_id"))
+    .values(jobs_completed=miners.c.jobs_completed + 1)
+    .returning(miners.c.jobs_completed)
+)
+_INSERT = miners.insert()
+
+
+def _miner(miner_id: str) -> dict[str, Any]:
+    return {
+        "miner_id": miner_id,
+        "address": "ait1" + "0" * 40,
+        "public_key": "00" * 32,
+        "advert": "{}",
+        "first_seen_ms": 1,
+        "last_seen_ms": 1,
+        "jobs_completed": 0,
+        "jobs_failed": 0,
+        "reputation": 0.5,
+    }
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Any:
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    yield database
+    await database.close()
+
+
+async def test_repeated_statements_answer_like_sqlalchemy(db: Database) -> None:
+    async def insert(conn: Any) -> None:
+        await conn.execute(_INSERT, [_miner(f"miner_{i}") for i in range(3)])
+
+    await db.write(insert)
+    seen = []
+    for _ in range(4):  # the first sighting runs through SQLAlchemy, later ones prepared
+
+        async def bump(conn: Any) -> Any:
+            return (await conn.execute(_COUNT, {"m_id": "miner_1"})).scalar_one()
+
+        seen.append(await db.write(bump))
+    assert seen == [1, 2, 3, 4]
+    for _ in range(3):
+        async with db.read() as conn:
+            row = (await conn.execute(_BY_ID, {"m_id": "miner_1"})).one()
+            assert (row.miner_id, row.jobs_completed) == ("miner_1", 4)
+            assert row._mapping["jobs_completed"] == 4
+            assert (await conn.execute(_BY_ID, {"m_id": "nobody"})).first() is None
+    async with db.read() as conn:
+        total = (await conn.execute(select(func.sum(miners.c.jobs_completed)))).scalar_one()
+    assert total == 4
+
+    # Python-side column defaults are SQLAlchemy's to fill in, plan or not.
+    for i in range(3):
+        row = _miner(f"miner_d{i}")
+        del row["jobs_failed"], row["reputation"]
+
+        async def insert_defaults(conn: Any, row: dict[str, Any] = row) -> None:
+            await conn.execute(_INSERT, row)
+
+        await db.write(insert_defaults)
+    async with db.read() as conn:
+        query = select(miners.c.jobs_failed, miners.c.reputation).where(
+            miners.c.miner_id.like("miner_d%")
+        )
+        assert [tuple(r) for r in await conn.execute(query)] == [(0, 1.0)] * 3
+
+
+async def test_errors_are_sqlalchemy_errors_and_roll_back_only_their_operation(
+    db: Database,
+) -> None:
+    async def insert_one(conn: Any) -> None:
+        await conn.execute(_INSERT, _miner("miner_a"))
+
+    await db.write(insert_one)
+    for _ in range(3):  # again and again, so the prepared plan is the one that fails
+        with pytest.raises(IntegrityError):
+            await db.write(insert_one)
+
+    async def missing_parameter(conn: Any) -> None:
+        await conn.execute(_BY_ID, {})
+
+    for _ in range(3):
+        with pytest.raises(StatementError):
+            await db.write(missing_parameter)
+    async with db.read() as conn:
+        count = (await conn.execute(select(func.count()).select_from(miners))).scalar_one()
+    assert count == 1
+
+
+async def test_reads_see_each_commit_even_with_rows_left_unread(db: Database) -> None:
+    async def insert(conn: Any) -> None:
+        await conn.execute(_INSERT, [_miner(f"miner_{i}") for i in range(5)])
+
+    await db.write(insert)
+    async with db.read() as conn:
+        # A result never read to its end must not pin the reader's snapshot.
+        result = await conn.execute(select(miners.c.miner_id).order_by(miners.c.miner_id))
+        assert result.fetchone() is not None
+
+    async def add(conn: Any) -> None:
+        await conn.execute(_INSERT, _miner("miner_late"))
+
+    await db.write(add)
+    async with db.read() as conn:
+        ids = (await conn.execute(select(miners.c.miner_id))).scalars().all()
+    assert "miner_late" in ids and len(ids) == 6
