@@ -29,6 +29,7 @@ from protocol.money import format_ait
 from protocol.timefmt import now_ms
 
 jobs = schema.jobs
+_INSERT_JOB = jobs.insert()  # built once: every submit runs it
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ async def submit(
     async def op(conn: AsyncConnection) -> Job:
         if file_row is not None:
             await insert_file(conn, file_row)
-        await conn.execute(jobs.insert(), _row_of(job))
+        await conn.execute(_INSERT_JOB, _row_of(job))
         result = await ledger_store.hold(
             conn, job_id, job.chain_id, job.client_address, job.estimated_cost_uait, now
         )
@@ -171,7 +172,7 @@ async def submit(
         return job
 
     await core.db.write(op)
-    core.bus.publish(job_id, {"type": "status", "status": "queued", "progress": 0})
+    core.bus.publish(job_id, {"type": "status", "status": "queued", "progress": 0}, job=job)
     core.bus.wake()
     return job
 

@@ -184,7 +184,7 @@ async def claim_job(
 
     job = await core.db.write(op)
     if job is not None:
-        core.bus.publish(job.job_id, status_event(job))
+        core.bus.publish(job.job_id, status_event(job), job=job)
     return job
 
 
