@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chain import store as ledger_store
@@ -79,14 +79,17 @@ async def get_job(core: Core, job_id: str) -> Job | None:
 
 async def list_queued(core: Core, limit: int = 500) -> list[Job]:
     """Queued jobs in dispatch order: high before normal before low, oldest first."""
-    query = (
-        select(*JOB_COLUMNS)
-        .where(jobs.c.status == JobStatus.QUEUED.value)
-        .order_by(jobs.c.priority.desc(), jobs.c.created_at_ms, jobs.c.job_id)
-        .limit(limit)
-    )
     async with core.db.read() as conn:
-        return [job_from_row(row) for row in await conn.execute(query)]
+        return [job_from_row(row) for row in await conn.execute(_QUEUED, {"q_limit": limit})]
+
+
+# Built once: every dispatch round runs it.
+_QUEUED = (
+    select(*JOB_COLUMNS)
+    .where(jobs.c.status == JobStatus.QUEUED.value)
+    .order_by(jobs.c.priority.desc(), jobs.c.created_at_ms, jobs.c.job_id)
+    .limit(bindparam("q_limit"))
+)
 
 
 async def running_jobs_of(core: Core, miner_id: str) -> list[Job]:
