@@ -26,6 +26,11 @@ def _utf16_key(key: str) -> bytes:
 
 
 def _encode_string(value: str) -> str:
+    # Most strings we sign (ids, hex, addresses) are printable ASCII without a quote or
+    # backslash: nothing to escape. (This check is only a shortcut; anything it lets
+    # through json.dumps would have returned unchanged.)
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
     # json.dumps with ensure_ascii=False escapes exactly what RFC 8785 (ECMAScript
     # JSON.stringify) escapes: quote, backslash, and control characters below U+0020.
     try:
@@ -57,7 +62,11 @@ def _encode(value: Any, depth: int, out: list[str]) -> None:
             if not isinstance(key, str):
                 raise CanonicalError(f"object key {key!r} is not a string")
         out.append("{")
-        for index, key in enumerate(sorted(value, key=_utf16_key)):
+        # For ASCII names UTF-16 order is plain string order (the common case, cheaper).
+        ascii_names = all(key.isascii() for key in value)
+        for index, key in enumerate(
+            sorted(value) if ascii_names else sorted(value, key=_utf16_key)
+        ):
             if index:
                 out.append(",")
             out.append(_encode_string(key))

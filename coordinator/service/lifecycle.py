@@ -83,6 +83,12 @@ async def list_queued(core: Core, limit: int = 500) -> list[Job]:
         return [job_from_row(row) for row in await conn.execute(_QUEUED, {"q_limit": limit})]
 
 
+# Built once: every claim runs one.
+_CLAIMABLE = select(*JOB_COLUMNS).where(
+    jobs.c.job_id == bindparam("c_job_id"), jobs.c.status == JobStatus.QUEUED.value
+)
+_CLAIMABLE_PG = _CLAIMABLE.with_for_update(skip_locked=True)
+
 # Built once: every dispatch round runs it.
 _QUEUED = (
     select(*JOB_COLUMNS)
@@ -140,12 +146,8 @@ async def claim_job(
     only a race between two claims of one client."""
 
     async def op(conn: AsyncConnection) -> Job | None:
-        query = select(*JOB_COLUMNS).where(
-            jobs.c.job_id == job_id, jobs.c.status == JobStatus.QUEUED.value
-        )
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        row = (await conn.execute(query)).first()
+        query = _CLAIMABLE_PG if conn.dialect.name == "postgresql" else _CLAIMABLE
+        row = (await conn.execute(query, {"c_job_id": job_id})).first()
         if row is None:
             return None
         job = job_from_row(row)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol.canonical import CanonicalError, canonical_bytes, sha256_hex
 
@@ -41,3 +45,24 @@ def test_refuses_values_without_a_stable_canonical_form(bad: object) -> None:
 
 def test_sha256_hex() -> None:
     assert sha256_hex(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+@given(st.text())
+def test_strings_are_escaped_exactly_as_json_stringify(text: str) -> None:
+    # The printable-ASCII shortcut must answer what the general path answers.
+    try:
+        expected = json.dumps(text, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return  # lone surrogates are refused (test_refuses_values_...)
+    assert canonical_bytes(text) == expected
+
+
+@given(st.dictionaries(st.text(), st.integers(-(2**53) + 1, 2**53 - 1), max_size=8))
+def test_member_order_is_utf16_order_whatever_the_names(obj: dict[str, int]) -> None:
+    if any(0xD800 <= ord(c) <= 0xDFFF for key in obj for c in key):
+        return
+    names = sorted(obj, key=lambda k: k.encode("utf-16-be"))
+    expected = "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{obj[k]}" for k in names)
+    assert canonical_bytes(obj) == (expected + "}").encode()
