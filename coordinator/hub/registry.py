@@ -99,6 +99,8 @@ def demand_of(job: Job, available_uait: int | None = None) -> JobDemand:
 class MinerRegistry:
     def __init__(self) -> None:
         self._conns: dict[str, MinerConn] = {}
+        # key_id -> miner ids connected or mid-handshake with it (the per-key cap)
+        self._by_key: dict[str, set[str]] = {}
         self._known: OrderedDict[str, Advert] = OrderedDict()
         self._tracks: dict[str, Track] = {}
         # (chain_id, address) -> (available uAIT, when read): what the dispatcher last saw
@@ -108,7 +110,10 @@ class MinerRegistry:
     def add(self, conn: MinerConn) -> MinerConn | None:
         """Register a connection; returns the older connection of the same miner, if any."""
         old = self._conns.get(conn.miner_id)
+        if old is not None and old.key_id != conn.key_id:
+            self._drop_from_key(old.key_id, old.miner_id)
         self._conns[conn.miner_id] = conn
+        self._by_key.setdefault(conn.key_id, set()).add(conn.miner_id)
         self._known[conn.miner_id] = conn.advert
         self._known.move_to_end(conn.miner_id)
         while len(self._known) > MAX_REMEMBERED:
@@ -126,10 +131,32 @@ class MinerRegistry:
     def remove(self, conn: MinerConn) -> None:
         if self._conns.get(conn.miner_id) is conn:
             del self._conns[conn.miner_id]
+            self._drop_from_key(conn.key_id, conn.miner_id)
 
-    def count_for_key(self, key_id: str, besides: str) -> int:
-        """Connected miners authenticated with ``key_id`` other than ``besides``."""
-        return sum(1 for c in self._conns.values() if c.key_id == key_id and c.miner_id != besides)
+    def reserve(self, key_id: str, miner_id: str, limit: int) -> int | None:
+        """Hold a place for `miner_id` under `key_id` while its handshake finishes; or,
+        when `limit` other miners already hold one, how many do (nothing reserved).
+        Taken before the handshake's first await, so concurrent handshakes cannot all
+        pass the check."""
+        held = self._by_key.setdefault(key_id, set())
+        others = len(held) - (miner_id in held)
+        if others >= limit:
+            return others
+        held.add(miner_id)
+        return None
+
+    def unreserve(self, key_id: str, miner_id: str) -> None:
+        """A handshake that reserved and then failed before `add`."""
+        conn = self._conns.get(miner_id)
+        if conn is None or conn.key_id != key_id:
+            self._drop_from_key(key_id, miner_id)
+
+    def _drop_from_key(self, key_id: str, miner_id: str) -> None:
+        held = self._by_key.get(key_id)
+        if held is not None:
+            held.discard(miner_id)
+            if not held:
+                del self._by_key[key_id]
 
     def get(self, miner_id: str | None) -> MinerConn | None:
         return self._conns.get(miner_id) if miner_id else None

@@ -179,8 +179,8 @@ class Session:
             send=self.send,
             close=self.close,
         )
-        others = self.registry.count_for_key(self.key_id, besides=miner_id)
-        if others >= MAX_MINERS_PER_KEY:
+        others = self.registry.reserve(self.key_id, miner_id, MAX_MINERS_PER_KEY)
+        if others is not None:
             await self._refuse(
                 "too-many-miners",
                 f"this API key already serves {others} connected miners"
@@ -188,7 +188,11 @@ class Session:
                 CLOSE_PROTOCOL,
             )
             return
-        await lifecycle.upsert_miner(self.core, self.identity(conn), hello.advert.to_json())
+        try:
+            await lifecycle.upsert_miner(self.core, self.identity(conn), hello.advert.to_json())
+        except BaseException:
+            self.registry.unreserve(self.key_id, miner_id)
+            raise
         old = self.registry.add(conn)
         if old is not None:
             # The same daemon came back before we noticed the old socket die.

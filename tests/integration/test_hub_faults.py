@@ -328,3 +328,29 @@ async def test_connected_miners_per_key_are_bounded(
     assert again.welcome.miner_id == first.welcome.miner_id
     other_key, _ = await stack.key("miner")  # another operator is not affected
     await raw(stack.url, other_key)
+
+
+async def test_concurrent_handshakes_cannot_exceed_the_per_key_bound(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, raw: RawFactory
+) -> None:
+    import coordinator.hub.ws as hub_ws
+
+    monkeypatch.setattr(hub_ws, "MAX_MINERS_PER_KEY", 2)
+    miner_key, _ = await stack.key("miner")
+    outcomes = await asyncio.gather(
+        *(raw(stack.url, miner_key) for _ in range(8)), return_exceptions=True
+    )
+    connected = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(connected) == 2, outcomes
+    assert all("too-many-miners" in str(o) for o in refused)
+    # A place freed by a daemon that left is taken by the next one.
+    await connected[0].ws.close()
+    for _ in range(100):
+        try:
+            await raw(stack.url, miner_key)
+            break
+        except AssertionError:
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the freed place was never given to a new daemon")
