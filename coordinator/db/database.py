@@ -23,6 +23,9 @@ from coordinator.db.writer import GroupWriter, Transaction, WriteOp, engine_tran
 
 T = TypeVar("T")
 
+PG_POOL_SIZE = 24  # connections kept open per coordinator process
+PG_POOL_OVERFLOW = 8  # more under bursts, closed when returned
+
 
 class Database:
     """`read()` connections and `write(op)` group commits, whichever the server."""
@@ -55,7 +58,11 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             return cls(url, sqlite=SqliteStore(path))
-        return cls(url, engine=create_async_engine(url, pool_size=10, max_overflow=10))
+        # Sized for the busy case: overflow connections are closed when returned, and a
+        # new asyncpg connection (plus its statement cache) cost ~12% of the coordinator's
+        # CPU under the bench when the pool was 10 + 10 (docs/benchmarks.md).
+        engine = create_async_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_OVERFLOW)
+        return cls(url, engine=engine)
 
     async def start(self, *, start_writer: bool = True) -> None:
         try:
