@@ -78,7 +78,7 @@ def merkle_proof(leaves: Sequence[Any], index: int) -> list[ProofStep]:
 
 def verify_proof(leaf_entry: Any, proof: Sequence[Any], root: str) -> bool:
     """True only if ``leaf_entry`` with ``proof`` hashes up to ``root``; never raises."""
-    if not isinstance(root, str) or not _HEX64.match(root):
+    if not isinstance(root, str) or not _HEX64.fullmatch(root):
         return False
     if not isinstance(proof, Sequence) or len(proof) > MAX_PROOF_STEPS:
         return False
@@ -90,7 +90,7 @@ def verify_proof(leaf_entry: Any, proof: Sequence[Any], root: str) -> bool:
         if not isinstance(step, Mapping):
             return False
         sibling_hex = step.get("hash")
-        if not isinstance(sibling_hex, str) or not _HEX64.match(sibling_hex):
+        if not isinstance(sibling_hex, str) or not _HEX64.fullmatch(sibling_hex):
             return False
         sibling = bytes.fromhex(sibling_hex)
         side = step.get("side")

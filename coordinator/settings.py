@@ -125,7 +125,7 @@ def _validate(s: Settings) -> None:
         raise SettingsError("at least one [[chains]] entry is needed")
     seen: set[str] = set()
     for chain in s.chains:
-        if not _CHAIN_ID_RE.match(chain.id):
+        if not _CHAIN_ID_RE.fullmatch(chain.id):
             raise SettingsError(f"chain id {chain.id!r} must be lower-case letters, digits, '-'")
         if chain.id in seen:
             raise SettingsError(f"chain id {chain.id!r} is configured twice")

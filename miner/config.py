@@ -52,7 +52,7 @@ class MinerSettings:
             raise ConfigError(
                 f"coordinator must be an http(s):// or ws(s):// URL, got {self.coordinator!r}"
             )
-        if not _DEVICE_RE.match(self.device):
+        if not _DEVICE_RE.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not 1 <= self.max_concurrency <= MAX_CONCURRENCY:
             raise ConfigError(f"max_concurrency must be 1..{MAX_CONCURRENCY}")
@@ -103,7 +103,7 @@ def parse_model(entry: Any, index: int) -> ModelSpec:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a table ([[models]])")
     name, runtime = entry.get("name"), entry.get("runtime")
-    if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
+    if not isinstance(name, str) or not _MODEL_NAME_RE.fullmatch(name):
         raise ConfigError(f"{where}.name must be a model name like 'gpt2'")
     if runtime not in RUNTIME_NAMES:
         raise ConfigError(f"{where}.runtime must be one of {', '.join(RUNTIME_NAMES)}")

@@ -35,7 +35,7 @@ def normalise_gpu_type(name: str, vram_gb: int | None = None) -> str:
     that any size meets). A name that is already normalised comes back unchanged.
     """
     text = name.strip().lower()
-    if GPU_TYPE_RE.match(text) and " " not in text:
+    if GPU_TYPE_RE.fullmatch(text) and " " not in text:
         return text
     text = re.sub(
         r"\b(nvidia|geforce|tesla|quadro|amd|radeon|instinct|pcie|sxm\d?|hbm\d?e?)\b", " ", text

@@ -68,11 +68,11 @@ def address_of(private_key: PrivateKey) -> str:
 
 
 def is_address(text: object) -> bool:
-    return isinstance(text, str) and _ADDRESS_RE.match(text) is not None
+    return isinstance(text, str) and _ADDRESS_RE.fullmatch(text) is not None
 
 
 def _strict_hex(text: object, length: int) -> bytes | None:
-    if not isinstance(text, str) or len(text) != 2 * length or not _HEX_RE.match(text):
+    if not isinstance(text, str) or len(text) != 2 * length or not _HEX_RE.fullmatch(text):
         return None
     return bytes.fromhex(text)
 

@@ -62,7 +62,7 @@ class FieldReader:
             raise self._fail(name, "must be a string")
         if len(value) > max_chars:
             raise self._fail(name, f"is longer than {max_chars} characters")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise self._fail(name, "is malformed")
         if choices and value not in choices:
             raise self._fail(name, f"must be one of {', '.join(choices)}")
@@ -111,7 +111,7 @@ class FieldReader:
     def ids(self, name: str, max_items: int = MAX_CONCURRENCY) -> tuple[str, ...]:
         items = self.array(name, max_items, optional=True)
         for item in items:
-            if not isinstance(item, str) or not ID_RE.match(item):
+            if not isinstance(item, str) or not ID_RE.fullmatch(item):
                 raise self._fail(name, "must hold job ids")
         return tuple(items)
 

@@ -24,7 +24,7 @@ _INT_RE = re.compile(r"^-?[0-9]{1,20}$")
 def _int_param(name: str, raw: str | None, default: int, low: int, high: int) -> int:
     if raw is None:
         return default
-    if not _INT_RE.match(raw):
+    if not _INT_RE.fullmatch(raw):
         raise ValidationFailed([(name, f"must be an integer, got {raw[:40]!r}")])
     value = int(raw)
     if not low <= value <= high:

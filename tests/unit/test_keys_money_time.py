@@ -18,6 +18,7 @@ def test_address_and_miner_id_follow_the_spec() -> None:
     assert keys.miner_id_from_public_key(raw) == "miner_" + digest.hexdigest()[:12]
     assert keys.is_address(keys.address_of(private_key))
     assert not keys.is_address("ait1XYZ")
+    assert not keys.is_address(keys.address_of(private_key) + "\n")  # not `$`'s newline
 
 
 def test_signature_round_trip_and_tamper() -> None:

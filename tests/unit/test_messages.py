@@ -162,6 +162,8 @@ def _frame(**fields: Any) -> str:
         (_frame(type="ack", job_id="j", extra=1), "unknown field 'extra'"),
         (_frame(type="ack", job_id=5), "'job_id' must be a string"),
         (_frame(type="ack", job_id="has space"), "'job_id' is malformed"),
+        # `$` alone would also match before a final newline: patterns must span the value.
+        (_frame(type="ack", job_id="job_1\n"), "'job_id' is malformed"),
         (_frame(type="progress", job_id="j", percent=101), "between 0 and 100"),
         (_frame(type="progress", job_id="j", percent=True), "must be an integer"),
         (_frame(type="progress", job_id="j", percent=1.5), "must be an integer"),
