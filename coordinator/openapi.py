@@ -92,13 +92,7 @@ def _schemas() -> dict[str, Schema]:
             "type:str title:str status:int detail:str errors?:[@FieldError]",
         ),
         "FieldError": _shape("field:str pointer?:str detail:str"),
-        "JobSubmit": _shape(
-            "model:str output_config?:object priority?:priority timeout_seconds?:int "
-            "chain_id?:str max_price?:amount name?:str params?:object fail_if_unmatched?:bool",
-            input={"description": "a string, any JSON value, or a file_id"},
-            requirements=_shape("gpu_type?:str gpu_count?:int min_vram_gb?:number"),
-        )
-        | {"required": ["model", "input"]},
+        "JobSubmit": _job_submit(),
         "JobAccepted": _shape(
             "job_id:str status:status estimated_cost:amount estimated_time_seconds:int "
             "chain_id:str created_at?:time queue_reason?:str|null"
@@ -167,6 +161,66 @@ def _schemas() -> dict[str, Schema]:
         # The JSON `data` of the job event stream's events (see _job_events).
         "ProgressEvent": _shape("job_id:str type:str progress:percent message:str|null"),
         "EndEvent": _shape("job_id:str status:status"),
+    }
+
+
+def _text(max_len: int, description: str = "") -> Schema:
+    """An optional string field as `Fields.string` reads it: null allowed, no NUL."""
+    schema: Schema = {"type": ["string", "null"], "maxLength": max_len, "pattern": "^[^\\u0000]*$"}
+    return schema | ({"description": description} if description else {})
+
+
+def _closed(properties: Schema, description: str = "") -> Schema:
+    """An optional object with only these fields (unknown fields are 422)."""
+    schema: Schema = {
+        "type": ["object", "null"],
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    return schema | ({"description": description} if description else {})
+
+
+def _job_submit() -> Schema:
+    """What `POST /v1/jobs` accepts (coordinator.api.jobs.parse_job_request)."""
+    from coordinator.api.jobs import MAX_PRICE_UAIT, MAX_TIMEOUT_S, MODEL_RE
+
+    return {
+        "type": "object",
+        "properties": {
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "pattern": f"^{MODEL_RE.pattern}$",
+            },
+            "input": {"description": "a string, any JSON value, or a file_id"},
+            "output_config": _closed({"destination": _text(100), "format": _text(50)}),
+            "requirements": _closed(
+                {
+                    "gpu_type": _text(50, "e.g. a100, rtx4090 (matched case-insensitively)"),
+                    "gpu_count": {"type": ["integer", "null"], "minimum": 1, "maximum": 64},
+                    "min_vram_gb": {"type": ["number", "null"], "minimum": 0, "maximum": 4096},
+                }
+            ),
+            "priority": {"enum": ["low", "normal", "high", None]},
+            "timeout_seconds": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": MAX_TIMEOUT_S,
+            },
+            "chain_id": _text(64, "absent or null: the default chain; unknown: 422"),
+            "max_price": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "maximum": MAX_PRICE_UAIT / 1_000_000,
+                "description": "AIT, at most 6 decimals (a finer amount is refused: 422)",
+            },
+            "name": _text(200),
+            "params": {"type": ["object", "null"], "description": "runtime parameters"},
+            "fail_if_unmatched": {"type": ["boolean", "null"]},
+        },
+        "required": ["model", "input"],
+        "additionalProperties": False,
     }
 
 

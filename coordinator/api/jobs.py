@@ -92,7 +92,7 @@ def parse_job_request(core: Core, data: dict[str, Any], has_file: bool) -> job_s
     priority = f.choice("priority", [p.value for p in Priority], "normal")
     timeout_s = f.integer("timeout_seconds", low=1, high=MAX_TIMEOUT_S, default=3600)
     chain_id = f.string("chain_id", max_len=64)
-    if chain_id is not None or "chain_id" not in data:
+    if chain_id is not None or data.get("chain_id") is None:  # absent or null: the default
         try:
             chain_id = chain_or_422(core, chain_id)
         except ValidationFailed as exc:

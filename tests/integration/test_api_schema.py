@@ -1,8 +1,8 @@
 """The OpenAPI document (coordinator/openapi.py) against a real coordinator, where a
-generic fuzzer cannot judge it: the faucet's request schema accepts what the handler
-accepts and refuses what it refuses, and every event of a real job's event stream (status,
-progress from a real echo miner, end) matches the documented event schema, its JSON data
-included."""
+generic fuzzer cannot judge it: the faucet's and the job submission's request schemas
+accept what their handlers accept and refuse what they refuse, and every event of a real
+job's event stream (status, progress from a real echo miner, end) matches the documented
+event schema, its JSON data included."""
 
 from __future__ import annotations
 
@@ -70,6 +70,67 @@ async def test_the_faucet_schema_accepts_what_the_handler_accepts(
             http, "POST", coordinator.url + "/v1/faucet", client_key, json=body
         )
         assert status == (200 if accepted else 422), (body, answer)
+        assert validator.is_valid(body) == accepted, body
+
+
+FULL_JOB: dict[str, Any] = {
+    "model": "gpt2",
+    "input": "hello",
+    "output_config": {"destination": "local", "format": "json"},
+    "requirements": {"gpu_type": "v100", "gpu_count": 1, "min_vram_gb": 16},
+    "priority": "high",
+    "timeout_seconds": 60,
+    "chain_id": "ait-devnet",
+    "max_price": 0,
+    "name": "label",
+    "params": {"max_new_tokens": 3},
+    "fail_if_unmatched": False,
+}
+NULL_JOB = {name: None for name in FULL_JOB} | {"model": "m", "input": [1, 2]}
+JOB_BODIES: list[tuple[dict[str, Any], bool]] = [
+    ({"model": "gpt2", "input": "hi"}, True),
+    (FULL_JOB, True),
+    (NULL_JOB, True),
+    ({"model": "org/model-1.5@v2", "input": {"a": 1}, "timeout_seconds": 5.0}, True),
+    ({}, False),
+    ({"model": "gpt2"}, False),
+    ({"model": "", "input": 1}, False),
+    ({"model": None, "input": 1}, False),
+    ({"model": "has space", "input": 1}, False),
+    ({"model": "m" * 201, "input": 1}, False),
+    ({"model": "m", "input": 1, "priority": "urgent"}, False),
+    ({"model": "m", "input": 1, "timeout_seconds": 0}, False),
+    ({"model": "m", "input": 1, "timeout_seconds": 7 * 24 * 3600 + 1}, False),
+    ({"model": "m", "input": 1, "timeout_seconds": 1.5}, False),
+    ({"model": "m", "input": 1, "requirements": {"gpu_count": 0}}, False),
+    ({"model": "m", "input": 1, "requirements": {"gpu_count": 65}}, False),
+    ({"model": "m", "input": 1, "requirements": {"min_vram_gb": True}}, False),
+    ({"model": "m", "input": 1, "requirements": {"vram": 16}}, False),
+    ({"model": "m", "input": 1, "requirements": []}, False),
+    ({"model": "m", "input": 1, "output_config": {"dest": "x"}}, False),
+    ({"model": "m", "input": 1, "output_config": {"format": "x" * 51}}, False),
+    ({"model": "m", "input": 1, "name": "x" * 201}, False),
+    ({"model": "m", "input": 1, "name": "a\x00b"}, False),
+    ({"model": "m", "input": 1, "chain_id": "x" * 65}, False),
+    ({"model": "m", "input": 1, "max_price": -1}, False),
+    ({"model": "m", "input": 1, "max_price": "1"}, False),
+    ({"model": "m", "input": 1, "max_price": 1e10}, False),
+    ({"model": "m", "input": 1, "params": [1]}, False),
+    ({"model": "m", "input": 1, "fail_if_unmatched": "yes"}, False),
+    ({"model": "m", "input": 1, "callback": "http://x"}, False),
+]
+
+
+async def test_the_submit_schema_accepts_what_the_handler_accepts(
+    coordinator: Coordinator, client_key: KeyInfo, http: aiohttp.ClientSession
+) -> None:
+    schema = DOC["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    validator = _validator(schema["schema"])
+    for body, accepted in JOB_BODIES:
+        status, answer, _ = await call(
+            http, "POST", coordinator.url + "/v1/jobs", client_key, json=body
+        )
+        assert status == (201 if accepted else 422), (body, answer)
         assert validator.is_valid(body) == accepted, body
 
 
