@@ -203,11 +203,13 @@ class SqliteStore:
             yield SyncConnection(conn)
 
     def reader(self) -> SyncConnection:
-        """The shared reader connection (made on first use, remade if closed)."""
+        """The shared reader connection (made on first use, remade if closed or
+        invalidated by an error)."""
         if (
             self._reader is None
             or self._reader.sync_connection is None
             or self._reader.sync_connection.closed
+            or self._reader.sync_connection.invalidated
         ):
             # (':memory:': StaticPool hands out the writer's DBAPI connection again.)
             self._reader = SyncConnection(self._read_engine.connect())
