@@ -243,12 +243,7 @@ def _faucet_request() -> Schema:
                 # them) reject valid amounts such as 0.07 with it.
                 "description": "AIT, at most 6 decimals (a finer amount is refused: 422)",
             },
-            "chain_id": {
-                "type": ["string", "null"],
-                "maxLength": 64,
-                "pattern": "^[^\\u0000]*$",
-                "description": "absent, null or empty: the default chain; unknown: 422",
-            },
+            "chain_id": _text(64, "absent, null or empty: the default chain; unknown: 422"),
         },
         "required": ["amount"],
         "additionalProperties": False,
