@@ -65,7 +65,7 @@ class Hub:
     async def dispatch_once(self, core: Core) -> bool:
         """One planning round; True when another round may place more: the scan was full,
         or a claim was lost to another coordinator process (its miner is still free)."""
-        free = [c for c in self.registry.connections() if c.free_slots > 0]
+        free = [c for c in self.registry.connections() if c.free_slots > 0 and c.writable()]
         if not free:
             return False
         jobs = await lifecycle.list_queued(core, QUEUE_SCAN)

@@ -60,6 +60,7 @@ class MinerConn:
     advert: Advert
     send: Sender  # False when the socket is gone
     close: Closer
+    writable: Callable[[], bool] = lambda: True  # False while sent frames pile up unread
     connected_ms: int = field(default_factory=now_ms)
     running: set[str] = field(default_factory=set)
     draining: bool = False

@@ -61,6 +61,12 @@ DB_RETRIES = 3  # transient database errors while handling one frame
 MAX_MINERS_PER_KEY = 1024  # connected daemons one miner API key may serve at once
 MAX_PROGRESS_PER_S = 10  # per job; the daemon sends at most 4
 MAX_RESULTS_IN_FLIGHT = 256  # per connection; more waits (back-pressure on the socket)
+# A miner that leaves its frames unread this long is cut off: a send to it would block the
+# task sending (the dispatcher, a settlement) and, through it, every other miner.
+SEND_TIMEOUT_S = 10.0
+# Bytes queued for a miner beyond which it gets no new assignment (aiohttp's writer
+# blocks above 64 KiB); a reading miner's queue empties within a round trip.
+MAX_SEND_BACKLOG = 64 * 1024
 
 
 def registry_of(app: web.Application) -> MinerRegistry:
@@ -84,7 +90,7 @@ async def miner_ws(request: web.Request) -> web.StreamResponse:
     # coordinator about 4% of its CPU under load (docs/benchmarks.md).
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20, compress=False)
     await ws.prepare(request)
-    session = Session(request.app, core, ws, key.key_id, key.address)
+    session = Session(request.app, core, ws, key.key_id, key.address, request.transport)
     try:
         await session.run()
     finally:
@@ -98,11 +104,18 @@ class Session:
     """One miner connection: handshake, then frame handling until it closes."""
 
     def __init__(
-        self, app: web.Application, core: Core, ws: web.WebSocketResponse, key_id: str, address: str
+        self,
+        app: web.Application,
+        core: Core,
+        ws: web.WebSocketResponse,
+        key_id: str,
+        address: str,
+        transport: asyncio.Transport | None,
     ) -> None:
         self.app = app
         self.core = core
         self.ws = ws
+        self.transport = transport
         self.key_id = key_id
         self.address = address
         self.registry = registry_of(app)
@@ -120,12 +133,33 @@ class Session:
         if self.ws.closed:
             return False
         try:
-            async with self._send_lock:
+            async with asyncio.timeout(SEND_TIMEOUT_S), self._send_lock:
                 await self.ws.send_str(encode(msg))
+        except TimeoutError:
+            self._cut_off_slow_reader()
+            return False
         except (ConnectionError, RuntimeError) as exc:
             log.info("send to miner failed: %s", exc)
             return False
         return True
+
+    def writable(self) -> bool:
+        """False while frames pile up unread: such a miner gets no new assignment."""
+        transport = self.transport
+        if self.ws.closed or transport is None or transport.is_closing():
+            return False
+        return transport.get_write_buffer_size() < MAX_SEND_BACKLOG
+
+    def _cut_off_slow_reader(self) -> None:
+        # Aborted, not closed: a close frame would queue behind the unread ones.
+        miner_id = self.conn.miner_id if self.conn is not None else None
+        log.warning(
+            "miner left its frames unread for %.0f s; disconnecting",
+            SEND_TIMEOUT_S,
+            extra={"miner_id": miner_id},
+        )
+        if self.transport is not None:
+            self.transport.abort()
 
     async def close(self, code: int = CLOSE_REPLACED, reason: str = "") -> None:
         await self.ws.close(code=code, message=reason.encode()[:120])
@@ -178,6 +212,7 @@ class Session:
             advert=hello.advert,
             send=self.send,
             close=self.close,
+            writable=self.writable,
         )
         others = self.registry.reserve(self.key_id, miner_id, MAX_MINERS_PER_KEY)
         if others is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -316,3 +317,44 @@ async def test_frame_flood_does_not_starve_honest_miners(market: Market) -> None
             "three_honest_jobs_completed_in_s": round(served_s, 2),
         },
     )
+
+
+async def test_miner_that_never_reads_is_cut_off(market: Market) -> None:
+    """A miner that keeps sending but never reads its socket: the frames the coordinator
+    owes it pile up until a send would block. The coordinator cuts it off (a blocked send
+    would stall whoever sends: the dispatcher, a settlement), and the honest daemon is
+    served meanwhile."""
+    host, port = market.url.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few frames
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    # max_queue=1: the client library stops reading the socket once a frame waits unread.
+    hostile = await HostileMiner.connect(
+        market.url, market.hostile_key.api_key, sock=sock, max_queue=1
+    )
+    frames = 0
+
+    async def flood() -> None:
+        nonlocal frames
+        # Each progress frame names a job it does not hold: each earns a `cancel` back.
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await hostile.send(Progress("job_" + secrets.token_hex(10), 50, "never reads"))
+                frames += 1
+
+    started = time.monotonic()
+    flooding = asyncio.create_task(flood())
+    submitted = [await market.submit(input={"n": n}) for n in range(3)]
+    for sub in submitted:
+        await market.wait(sub["job_id"], "completed", within_s=60)
+    try:
+        async with asyncio.timeout(90):
+            await flooding
+    finally:
+        flooding.cancel()
+    cut_off_s = time.monotonic() - started
+    assert await market.healthy()
+    assert await market.paid_uait(market.hostile_key.address) == 0
+    await market.honest_still_serves()
+    record("hostile_never_reads", {"frames_sent": frames, "cut_off_after_s": round(cut_off_s, 2)})
