@@ -2,7 +2,8 @@
 
 SQLite: one writer connection whose transactions open with `BEGIN IMMEDIATE`, and one shared
 reader connection that WAL lets read while a write is in progress
-(`coordinator.db.sqlite_sync`). PostgreSQL: one pooled async engine; claims use
+(`coordinator.db.sqlite_sync`). PostgreSQL: one pooled async engine whose connections run
+the hot statements straight on asyncpg (`coordinator.db.pg_prepared`); claims use
 `FOR UPDATE SKIP LOCKED` so several coordinator processes share the queue.
 """
 
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from coordinator.db.migrations import migrate
+from coordinator.db.pg_prepared import PreparedConnection
 from coordinator.db.sqlite_sync import SqliteStore
 from coordinator.db.writer import GroupWriter, Transaction, WriteOp, engine_transaction, run_alone
 
@@ -42,7 +44,7 @@ class Database:
         else:
             assert engine is not None
             self.dialect = engine.dialect.name  # "postgresql"
-            self._transaction = engine_transaction(engine)
+            self._transaction = engine_transaction(engine, PreparedConnection)
         self.writer = GroupWriter(self._transaction)
 
     @property
@@ -97,7 +99,7 @@ class Database:
             yield self._sqlite.reader()
             return
         assert self._engine is not None
-        async with self._engine.connect() as conn:
+        async with PreparedConnection(self._engine) as conn:
             yield conn
 
     async def write(self, op: WriteOp[T]) -> T:

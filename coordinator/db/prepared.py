@@ -1,4 +1,5 @@
-"""Prepared statements for SQLite: SQL compiled once, run straight on the sqlite3 cursor.
+"""Prepared statements: SQL compiled once, run straight on the driver (SQLite here;
+PostgreSQL in `coordinator.db.pg_prepared`).
 
 Sync Core still spends 40-100 us of Python per statement (execution context, parameter
 and result set-up) around a few microseconds of SQLite. The hot path runs the same
@@ -122,10 +123,11 @@ class PlanCache:
         return plan
 
 
-def run(
-    conn: Connection, cache: PlanCache, statement: Any, parameters: Any
-) -> IteratorResult[Any] | DmlResult | None:
-    """The statement's result through its plan, or None: let SQLAlchemy run it."""
+def bind(
+    cache: PlanCache, dialect: Dialect, statement: Any, parameters: Any
+) -> tuple[_Plan, Any, bool] | None:
+    """The statement's plan, its positional arguments and whether they are many sets; or
+    None: let SQLAlchemy run it."""
     many = isinstance(parameters, Sequence) and not isinstance(parameters, Mapping)
     if many:
         if not parameters or not isinstance(parameters[0], Mapping):
@@ -137,7 +139,7 @@ def run(
         keys = tuple(sorted(parameters))
     else:
         return None
-    plan = cache.plan(statement, keys, conn.dialect)
+    plan = cache.plan(statement, keys, dialect)
     if plan is None:
         return None
     try:
@@ -146,6 +148,17 @@ def run(
         return None  # a missing parameter: SQLAlchemy says which
     if many and plan.metadata is not None:
         return None
+    return plan, args, many
+
+
+def run(
+    conn: Connection, cache: PlanCache, statement: Any, parameters: Any
+) -> IteratorResult[Any] | DmlResult | None:
+    """The statement's result through its plan on SQLite, or None: let SQLAlchemy run it."""
+    bound = bind(cache, conn.dialect, statement, parameters)
+    if bound is None:
+        return None
+    plan, args, many = bound
     driver = conn.connection.driver_connection
     assert isinstance(driver, sqlite3.Connection)
     cursor = driver.cursor()
@@ -161,4 +174,4 @@ def run(
     return IteratorResult(plan.metadata, iter(plan.rows(cursor.fetchall())))
 
 
-__all__ = ["DmlResult", "PlanCache", "run"]
+__all__ = ["DmlResult", "PlanCache", "bind", "run"]

@@ -126,12 +126,14 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-def engine_transaction(engine: AsyncEngine) -> Transaction:
-    """Transactions on an async engine's pooled connections."""
+def engine_transaction(
+    engine: AsyncEngine, connection: Callable[[AsyncEngine], AsyncConnection] = AsyncConnection
+) -> Transaction:
+    """Transactions on an async engine's pooled connections (of class `connection`)."""
 
     @contextlib.asynccontextmanager
     async def transaction() -> AsyncIterator[AsyncConnection]:
-        async with engine.connect() as conn, conn.begin():
+        async with connection(engine) as conn, conn.begin():
             yield conn
 
     return transaction

@@ -1,10 +1,11 @@
-"""coordinator.db.sqlite_sync / prepared: the SQLite path answers exactly what SQLAlchemy
-answers, whether a statement runs through a prepared plan or through SQLAlchemy, and reads
-see every commit."""
+"""coordinator.db.prepared, sqlite_sync and pg_prepared: on SQLite and on PostgreSQL a
+statement answers exactly what SQLAlchemy answers, whether it runs through a prepared plan
+or through SQLAlchemy; errors are SQLAlchemy's and roll back only their own operation of a
+group commit; reads see every commit."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
 from typing import Any
 
 import pytest
@@ -42,17 +43,22 @@ def _miner(miner_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> Any:
-    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+async def db(db_url: str) -> Any:
+    database = await Database.open(db_url)
     yield database
     await database.close()
 
 
 async def test_repeated_statements_answer_like_sqlalchemy(db: Database) -> None:
-    async def insert(conn: Any) -> None:
-        await conn.execute(_INSERT, [_miner(f"miner_{i}") for i in range(3)])
+    for batch in range(3):  # many parameter sets: the third runs through the plan
 
-    await db.write(insert)
+        async def insert(conn: Any, batch: int = batch) -> Any:
+            rows = [_miner(f"miner_{i}" if batch == 0 else f"miner_{batch}_{i}") for i in range(3)]
+            return await conn.execute(_INSERT, rows)
+
+        await db.write(insert)
+    async with db.read() as conn:
+        assert (await conn.execute(select(func.count()).select_from(miners))).scalar_one() == 9
     seen = []
     for _ in range(4):  # the first sighting runs through SQLAlchemy, later ones prepared
 
@@ -107,6 +113,30 @@ async def test_errors_are_sqlalchemy_errors_and_roll_back_only_their_operation(
     async with db.read() as conn:
         count = (await conn.execute(select(func.count()).select_from(miners))).scalar_one()
     assert count == 1
+
+    # Submitted together they share one transaction: each failing duplicate rolls back to
+    # its own savepoint, and the good operations around it commit.
+    def insert(miner_id: str) -> Any:
+        async def op(conn: Any) -> str:
+            await conn.execute(_INSERT, _miner(miner_id))
+            return miner_id
+
+        return op
+
+    commits_before = db.writer.batches
+    names = ["miner_b", "miner_a", "miner_c", "miner_a", "miner_d"]
+    outcomes = await asyncio.gather(*(db.write(insert(n)) for n in names), return_exceptions=True)
+    assert db.writer.batches - commits_before == 1
+    assert [type(o) if isinstance(o, Exception) else o for o in outcomes] == [
+        "miner_b",
+        IntegrityError,
+        "miner_c",
+        IntegrityError,
+        "miner_d",
+    ]
+    async with db.read() as conn:
+        ids = (await conn.execute(select(miners.c.miner_id).order_by(miners.c.miner_id))).all()
+    assert [r.miner_id for r in ids] == ["miner_a", "miner_b", "miner_c", "miner_d"]
 
 
 async def test_reads_see_each_commit_even_with_rows_left_unread(db: Database) -> None:
