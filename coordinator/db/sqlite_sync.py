@@ -72,10 +72,9 @@ class _BufferedConnection(sqlite3.Connection):
         return super().cursor(factory)
 
 
-def sqlite_engine(path: str, *, writer: bool) -> Engine:
+def sqlite_engine(path: str) -> Engine:
     """A sync engine on `path` (or ':memory:'): WAL, `synchronous=NORMAL`, foreign keys,
-    `busy_timeout`; the writer's transactions open with `BEGIN IMMEDIATE` (the write lock
-    up front, so concurrent writers wait on `busy_timeout` instead of failing on upgrade)."""
+    `busy_timeout`."""
     memory = path in ("", ":memory:")
 
     def connect() -> sqlite3.Connection:
@@ -103,12 +102,6 @@ def sqlite_engine(path: str, *, writer: bool) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
-
-    if writer:
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -185,41 +178,63 @@ class SyncConnection(AsyncConnection):
         return _Savepoint(self._proxied)
 
 
+def _usable(conn: Connection | None) -> Connection | None:
+    """`conn` unless it is closed or an error invalidated it."""
+    if conn is None or conn.closed or conn.invalidated:
+        return None
+    return conn
+
+
 class SqliteStore:
     """One writer connection (transactions for the group-commit writer) and one shared
     reader connection (autocommit: each statement sees the latest commit; WAL lets it read
-    while a write is in progress). Both live on the loop's thread."""
+    while a write is in progress). Both live on the loop's thread, checked out for good.
+
+    The writer's transactions are `BEGIN IMMEDIATE` ... `COMMIT` on the sqlite3
+    connection itself (the write lock up front, so another process's writer waits on
+    `busy_timeout` instead of failing on upgrade). Through SQLAlchemy, a pool checkout,
+    a transaction object and its commit cost about 12% of the coordinator's CPU at 100
+    jobs/s, where nearly every write is a commit of its own (docs/benchmarks.md). The sync
+    `Connection` sees one logical transaction that never ends; SQLite connections run
+    with `isolation_level=None`, so SQLAlchemy never begins or commits on its own.
+    """
 
     def __init__(self, path: str) -> None:
         self.memory = path in ("", ":memory:")
-        self._write_engine = sqlite_engine(path, writer=True)
+        self._write_engine = sqlite_engine(path)
         # ':memory:' is private to its connection: readers share the writer's.
-        self._read_engine = self._write_engine if self.memory else sqlite_engine(path, writer=False)
+        self._read_engine = self._write_engine if self.memory else sqlite_engine(path)
         self._reader: SyncConnection | None = None
+        self._writer: Connection | None = None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        with self._write_engine.connect() as conn, conn.begin():
+        conn = self._writer = _usable(self._writer) or self._write_engine.connect()
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        try:
+            driver.execute("BEGIN IMMEDIATE")
             yield SyncConnection(conn)
+            driver.execute("COMMIT")
+        except BaseException:
+            if driver.in_transaction:
+                driver.execute("ROLLBACK")
+            raise
 
     def reader(self) -> SyncConnection:
         """The shared reader connection (made on first use, remade if closed or
         invalidated by an error)."""
-        if (
-            self._reader is None
-            or self._reader.sync_connection is None
-            or self._reader.sync_connection.closed
-            or self._reader.sync_connection.invalidated
-        ):
+        if self._reader is None or _usable(self._reader.sync_connection) is None:
             # (':memory:': StaticPool hands out the writer's DBAPI connection again.)
             self._reader = SyncConnection(self._read_engine.connect())
         return self._reader
 
     def close(self) -> None:
-        if self._reader is not None and self._reader.sync_connection is not None:
-            with contextlib.suppress(Exception):
-                self._reader.sync_connection.close()
-        self._reader = None
+        for conn in (self._reader and self._reader.sync_connection, self._writer):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        self._reader = self._writer = None
         self._write_engine.dispose()
         if self._read_engine is not self._write_engine:
             self._read_engine.dispose()
