@@ -61,9 +61,12 @@ DB_RETRIES = 3  # transient database errors while handling one frame
 MAX_MINERS_PER_KEY = 1024  # connected daemons one miner API key may serve at once
 MAX_PROGRESS_PER_S = 10  # per job; the daemon sends at most 4
 MAX_RESULTS_IN_FLIGHT = 256  # per connection; more waits (back-pressure on the socket)
-# A miner that leaves its frames unread this long is cut off: a send to it would block the
-# task sending (the dispatcher, a settlement) and, through it, every other miner.
+# A miner that leaves its frames unread this long (plus the frame's size at the slowest rate
+# we wait for) is cut off: a send to it would block the task sending (the dispatcher, a
+# settlement) and, through it, every other miner. A large input on a slow link still gets
+# through: 16 MiB may take 256 s.
 SEND_TIMEOUT_S = 10.0
+MIN_SEND_BYTES_PER_S = 64 * 1024
 # Bytes queued for a miner beyond which it gets no new assignment (aiohttp's writer
 # blocks above 64 KiB); a reading miner's queue empties within a round trip.
 MAX_SEND_BACKLOG = 64 * 1024
@@ -95,8 +98,7 @@ async def miner_ws(request: web.Request) -> web.StreamResponse:
         await session.run()
     finally:
         session.detach()
-        if not ws.closed:
-            await ws.close()
+        await session.close(1000, "")
     return ws
 
 
@@ -132,11 +134,13 @@ class Session:
     async def send(self, msg: Message) -> bool:
         if self.ws.closed:
             return False
+        text = encode(msg)
         try:
-            async with asyncio.timeout(SEND_TIMEOUT_S), self._send_lock:
-                await self.ws.send_str(encode(msg))
+            async with asyncio.timeout(SEND_TIMEOUT_S + len(text) / MIN_SEND_BYTES_PER_S):
+                async with self._send_lock:
+                    await self.ws.send_str(text)
         except TimeoutError:
-            self._cut_off_slow_reader()
+            self._cut_off("left its frames unread")
             return False
         except (ConnectionError, RuntimeError) as exc:
             log.info("send to miner failed: %s", exc)
@@ -150,19 +154,26 @@ class Session:
             return False
         return transport.get_write_buffer_size() < MAX_SEND_BACKLOG
 
-    def _cut_off_slow_reader(self) -> None:
+    def _cut_off(self, why: str) -> None:
         # Aborted, not closed: a close frame would queue behind the unread ones.
         miner_id = self.conn.miner_id if self.conn is not None else None
-        log.warning(
-            "miner left its frames unread for %.0f s; disconnecting",
-            SEND_TIMEOUT_S,
-            extra={"miner_id": miner_id},
-        )
+        log.warning("miner %s; disconnecting", why, extra={"miner_id": miner_id})
         if self.transport is not None:
             self.transport.abort()
 
     async def close(self, code: int = CLOSE_REPLACED, reason: str = "") -> None:
-        await self.ws.close(code=code, message=reason.encode()[:120])
+        """A close frame and the miner's answer, within the send time-out; a miner whose
+        frames pile up unread is cut off at once (its close frame would wait behind them)."""
+        if self.ws.closed:
+            return
+        if not self.writable():
+            self._cut_off(f"left its frames unread at close ({reason or code})")
+            return
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self.ws.close(code=code, message=reason.encode()[:120])
+        except TimeoutError:
+            self._cut_off(f"did not answer the close ({reason or code})")
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
         await self.send(Error(code, message))

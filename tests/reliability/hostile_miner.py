@@ -32,10 +32,10 @@ from protocol.timefmt import iso_ms, now_ms
 HOSTILE_PRICE_UAIT = 50
 
 
-def advert(price_uait: int = HOSTILE_PRICE_UAIT) -> Advert:
+def advert(price_uait: int = HOSTILE_PRICE_UAIT, model: str = "echo") -> Advert:
     return Advert(
         gpus=(GpuInfo("cpu", 0, 1),),
-        models=(ModelOffer("echo", "echo", "byte", price_uait),),
+        models=(ModelOffer(model, "echo", "byte", price_uait),),
         max_concurrency=1,
         software_version="hostile/1",
     )
@@ -51,7 +51,12 @@ class HostileMiner:
 
     @classmethod
     async def connect(
-        cls, url: str, api_key: str, key: PrivateKey | None = None, **ws_options: Any
+        cls,
+        url: str,
+        api_key: str,
+        key: PrivateKey | None = None,
+        offer: Advert | None = None,
+        **ws_options: Any,
     ) -> HostileMiner:
         key = key or generate_private_key()
         ws = await connect(
@@ -59,7 +64,8 @@ class HostileMiner:
         )
         challenge = decode(await asyncio.wait_for(ws.recv(), 10))
         assert isinstance(challenge, Challenge)
-        hello = Hello(public_key_hex(key), sign_hex(key, auth_payload(challenge.nonce)), advert())
+        signature = sign_hex(key, auth_payload(challenge.nonce))
+        hello = Hello(public_key_hex(key), signature, offer or advert())
         await ws.send(encode(hello))
         welcome = decode(await asyncio.wait_for(ws.recv(), 10))
         assert isinstance(welcome, Welcome), welcome

@@ -25,6 +25,7 @@ from reliability_cluster import record
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from coordinator.appkeys import MINER_REGISTRY
 from miner.config import MinerSettings
 from miner.daemon import MinerDaemon
 from miner.runtime.base import ModelSpec
@@ -319,32 +320,40 @@ async def test_frame_flood_does_not_starve_honest_miners(market: Market) -> None
     )
 
 
-async def test_miner_that_never_reads_is_cut_off(market: Market) -> None:
-    """A miner that keeps sending but never reads its socket: the frames the coordinator
-    owes it pile up until a send would block. The coordinator cuts it off (a blocked send
-    would stall whoever sends: the dispatcher, a settlement), and the honest daemon is
-    served meanwhile."""
+async def _never_reading(market: Market, model: str = "echo") -> HostileMiner:
+    """A hostile miner whose socket stops being read after a frame or two: a tiny receive
+    buffer, and a client queue of one frame (the library then stops reading)."""
     host, port = market.url.removeprefix("http://").split(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few frames
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    # max_queue=1: the client library stops reading the socket once a frame waits unread.
-    hostile = await HostileMiner.connect(
-        market.url, market.hostile_key.api_key, sock=sock, max_queue=1
+    return await HostileMiner.connect(
+        market.url, market.hostile_key.api_key, offer=advert(model=model), sock=sock, max_queue=1
     )
-    frames = 0
+
+
+def _flood_unread(hostile: HostileMiner, sent: list[int]) -> asyncio.Task[None]:
+    """Progress frames naming jobs it does not hold: each earns a `cancel` it never reads.
+    Ends when the coordinator cuts the connection."""
 
     async def flood() -> None:
-        nonlocal frames
-        # Each progress frame names a job it does not hold: each earns a `cancel` back.
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await hostile.send(Progress("job_" + secrets.token_hex(10), 50, "never reads"))
-                frames += 1
+                sent[0] += 1
 
+    return asyncio.create_task(flood())
+
+
+async def test_miner_that_never_reads_is_cut_off(market: Market) -> None:
+    """The frames the coordinator owes a miner that never reads pile up until a send
+    would block. The coordinator cuts it off (a blocked send would stall whoever sends:
+    the dispatcher, a settlement), and the honest daemon is served meanwhile."""
+    hostile = await _never_reading(market)
+    sent = [0]
     started = time.monotonic()
-    flooding = asyncio.create_task(flood())
+    flooding = _flood_unread(hostile, sent)
     submitted = [await market.submit(input={"n": n}) for n in range(3)]
     for sub in submitted:
         await market.wait(sub["job_id"], "completed", within_s=60)
@@ -357,4 +366,31 @@ async def test_miner_that_never_reads_is_cut_off(market: Market) -> None:
     assert await market.healthy()
     assert await market.paid_uait(market.hostile_key.address) == 0
     await market.honest_still_serves()
-    record("hostile_never_reads", {"frames_sent": frames, "cut_off_after_s": round(cut_off_s, 2)})
+    record("hostile_never_reads", {"frames_sent": sent[0], "cut_off_after_s": round(cut_off_s, 2)})
+
+
+async def test_miner_with_unread_frames_gets_no_assignment(market: Market) -> None:
+    """While frames pile up unread on a miner's socket it is left out of planning: a job
+    only it could run waits queued instead of being pushed into the backlog (where the
+    dispatcher's send would block)."""
+    hostile = await _never_reading(market, model="only-the-hostile")
+    registry = market.coordinator.app[MINER_REGISTRY]
+    conn = registry.get(hostile.welcome.miner_id)
+    assert conn is not None and conn.writable()
+    sent = [0]
+    flooding = _flood_unread(hostile, sent)
+    try:
+        for _ in range(6000):  # 60 s at most
+            if not conn.writable():
+                break
+            await asyncio.sleep(0.01)
+        assert not conn.writable(), f"still writable after {sent[0]} unread frames"
+        sub = await market.submit(model="only-the-hostile")
+        await asyncio.sleep(1.0)  # dispatch rounds run on submit and on the 1 s poll
+        job = await market.job(sub["job_id"])
+        assert job["status"] == "queued" and job["attempts"] == 0, job
+    finally:
+        flooding.cancel()
+    assert await market.paid_uait(market.hostile_key.address) == 0
+    await market.honest_still_serves()
+    record("hostile_backlogged", {"frames_sent_until_backlogged": sent[0]})
