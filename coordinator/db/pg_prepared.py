@@ -111,6 +111,11 @@ async def _translated(
     try:
         adapter._handle_exception(error)  # raises the DBAPI-style translation
     except dbapi_error as translated:
+        dbapi: Any = dialect.dbapi
+        if isinstance(translated, (dbapi.InvalidCachedStatementError, dbapi.InternalServerError)):
+            # A schema change made cached statements stale: re-prepare from now on, as
+            # SQLAlchemy's execution context does.
+            dialect._invalidate_schema_cache()  # type: ignore[attr-defined]
         lost = dialect.is_disconnect(translated, adapter, None)
         if lost:
             await conn.invalidate(translated)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from coordinator.db import schema
 from coordinator.db.database import Database
@@ -156,3 +156,34 @@ async def test_reads_see_each_commit_even_with_rows_left_unread(db: Database) ->
     async with db.read() as conn:
         ids = (await conn.execute(select(miners.c.miner_id))).scalars().all()
     assert "miner_late" in ids and len(ids) == 6
+
+
+async def test_a_schema_change_re_prepares_cached_statements(db: Database) -> None:
+    """PostgreSQL caches server-side prepared statements per connection; after a column
+    changes type they are stale. The first execution says so (an SQLAlchemy error, as
+    through SQLAlchemy), and the next one prepares afresh instead of failing forever."""
+    if not db.is_postgres:
+        pytest.skip("server-side prepared statements are PostgreSQL's")
+
+    async def insert(conn: Any) -> None:
+        await conn.execute(_INSERT, _miner("miner_s"))
+
+    await db.write(insert)
+
+    async def bump(conn: Any) -> Any:
+        return (await conn.execute(_COUNT, {"m_id": "miner_s"})).scalar_one()
+
+    for _ in range(3):
+        await db.write(bump)  # planned, and prepared on the writer's connection
+
+    async def widen(conn: Any) -> None:
+        await conn.exec_driver_sql("ALTER TABLE miners ALTER COLUMN jobs_completed TYPE numeric")
+
+    await db.write(widen)
+    outcomes = []
+    for _ in range(3):
+        try:
+            outcomes.append(int(await db.write(bump)))
+        except DBAPIError as error:
+            outcomes.append(type(error.orig).__name__)
+    assert outcomes == ["InvalidCachedStatementError", 4, 5]
