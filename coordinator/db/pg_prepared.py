@@ -62,6 +62,7 @@ async def _run(
         return None
     plan, args, many = bound
     adapter: Any = sync.connection.dbapi_connection
+    failure: Exception | None = None
     async with adapter._execute_mutex:
         try:
             # Reads outside a transaction run alone: the adapter would wrap each in
@@ -78,7 +79,9 @@ async def _run(
             else:
                 rows = await stmt.fetch(*args)
         except Exception as error:
-            raise await _translated(conn, adapter, plan.sql, args, error) from error
+            failure = error
+    if failure is not None:  # translated outside the mutex: invalidating may need it
+        raise await _translated(conn, adapter, plan.sql, args, failure) from failure
     if rows is None:
         return prepared.DmlResult(-1)
     if plan.metadata is None:
@@ -92,13 +95,16 @@ async def _execute_raw(conn: AsyncConnection, sql: str) -> None:
     sync = conn.sync_connection
     assert sync is not None
     adapter: Any = sync.connection.dbapi_connection
+    failure: Exception | None = None
     async with adapter._execute_mutex:
         try:
             if adapter._transaction is None:
                 await adapter._start_transaction()
             await adapter._connection.execute(sql)
         except Exception as error:
-            raise await _translated(conn, adapter, sql, (), error) from error
+            failure = error
+    if failure is not None:
+        raise await _translated(conn, adapter, sql, (), failure) from failure
 
 
 async def _translated(

@@ -9,11 +9,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from coordinator.db import schema
-from coordinator.db.database import Database
+from coordinator.db.database import PG_POOL_SIZE, Database
 
 miners = schema.miners
 _BY_ID = select(miners.c.miner_id, miners.c.jobs_completed).where(
@@ -187,3 +187,28 @@ async def test_a_schema_change_re_prepares_cached_statements(db: Database) -> No
         except DBAPIError as error:
             outcomes.append(type(error.orig).__name__)
     assert outcomes == ["InvalidCachedStatementError", 4, 5]
+
+
+async def test_a_lost_connection_is_invalidated_not_reused(db: Database) -> None:
+    """A server-side disconnect during a planned statement comes out as SQLAlchemy's
+    error marked `connection_invalidated`, and the pool never hands that connection out
+    again: every later read works."""
+    if not db.is_postgres:
+        pytest.skip("a server that drops connections: PostgreSQL's pg_terminate_backend")
+
+    async def insert(conn: Any) -> None:
+        await conn.execute(_INSERT, _miner("miner_l"))
+
+    await db.write(insert)
+    async with db.read() as conn:
+        for _ in range(3):  # planned from the second run on
+            assert (await conn.execute(_BY_ID, {"m_id": "miner_l"})).one().miner_id == "miner_l"
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        async with db.read() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DBAPIError) as lost:
+            await conn.execute(_BY_ID, {"m_id": "miner_l"})
+        assert lost.value.connection_invalidated
+    for _ in range(3 * PG_POOL_SIZE):  # round the whole pool
+        async with db.read() as conn:
+            assert (await conn.execute(_BY_ID, {"m_id": "miner_l"})).one().miner_id == "miner_l"
