@@ -25,8 +25,8 @@ from coordinator.db.writer import GroupWriter, Transaction, WriteOp, engine_tran
 
 T = TypeVar("T")
 
-PG_POOL_SIZE = 24  # connections kept open per coordinator process
-PG_POOL_OVERFLOW = 8  # more under bursts, closed when returned
+PG_POOL_SIZE = 32  # connections kept open per coordinator process
+PG_POOL_OVERFLOW = 0  # a burst waits for one instead of opening (and closing) more
 
 
 class Database:
@@ -60,9 +60,11 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             return cls(url, sqlite=SqliteStore(path))
-        # Sized for the busy case: overflow connections are closed when returned, and a
-        # new asyncpg connection (plus its statement cache) cost ~12% of the coordinator's
-        # CPU under the bench when the pool was 10 + 10 (docs/benchmarks.md).
+        # Sized for the busy case, with no overflow: overflow connections are closed when
+        # returned, and opening asyncpg connections (plus their statement caches) cost ~12%
+        # of the coordinator's CPU under the bench at 10 + 10 and ~4% at 24 + 8; a burst
+        # now waits its turn (docs/benchmarks.md). Nothing holds a read connection while
+        # waiting for another or for the writer, so waiting cannot deadlock.
         engine = create_async_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_OVERFLOW)
         return cls(url, engine=engine)
 
