@@ -20,13 +20,16 @@ PostgreSQL server, so a SQLAlchemy upgrade that changes them fails there.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import exc
 from sqlalchemy.engine.result import IteratorResult
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db import prepared
+
+T = TypeVar("T")
 
 _ROWCOUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|INSERT \d+) (\d+)")
 
@@ -61,27 +64,18 @@ async def _run(
     if bound is None:
         return None
     plan, args, many = bound
-    adapter: Any = sync.connection.dbapi_connection
-    failure: Exception | None = None
-    async with adapter._execute_mutex:
-        try:
-            # Reads outside a transaction run alone: the adapter would wrap each in
-            # BEGIN ... ROLLBACK, two round trips that isolate nothing under READ COMMITTED.
-            if adapter._transaction is None and sync.in_transaction():
-                await adapter._start_transaction()
-            stmt, _attributes = await adapter._prepare(
-                plan.sql,
-                dialect._invalidate_schema_cache_asof,  # type: ignore[attr-defined]
-            )
-            if many:  # pipelined by asyncpg; no row count, as through SQLAlchemy
-                await stmt.executemany(args)
-                rows = None
-            else:
-                rows = await stmt.fetch(*args)
-        except Exception as error:
-            failure = error
-    if failure is not None:  # translated outside the mutex: invalidating may need it
-        raise await _translated(conn, adapter, plan.sql, args, failure) from failure
+
+    async def execute(adapter: Any) -> tuple[Any, list[Any] | None]:
+        stmt, _attributes = await adapter._prepare(
+            plan.sql,
+            dialect._invalidate_schema_cache_asof,  # type: ignore[attr-defined]
+        )
+        if many:  # pipelined by asyncpg; no row count, as through SQLAlchemy
+            await stmt.executemany(args)
+            return stmt, None
+        return stmt, await stmt.fetch(*args)
+
+    stmt, rows = await _on_driver(conn, plan.sql, args, execute)
     if rows is None:
         return prepared.DmlResult(-1)
     if plan.metadata is None:
@@ -90,21 +84,25 @@ async def _run(
     return IteratorResult(plan.metadata, iter(plan.rows([tuple(r) for r in rows])))
 
 
-async def _execute_raw(conn: AsyncConnection, sql: str) -> None:
-    """A statement with no parameters and no rows (SAVEPOINT, ...) on the same path."""
+async def _on_driver(
+    conn: AsyncConnection, sql: str, args: Any, work: Callable[[Any], Awaitable[T]]
+) -> T:
+    """`work(adapter)` under the adapter's execute mutex, inside SQLAlchemy's transaction
+    when there is one; errors come out as SQLAlchemy raises them."""
     sync = conn.sync_connection
     assert sync is not None
     adapter: Any = sync.connection.dbapi_connection
-    failure: Exception | None = None
     async with adapter._execute_mutex:
         try:
-            if adapter._transaction is None:
+            # Outside a transaction a read runs alone: the adapter would wrap it in
+            # BEGIN ... ROLLBACK, two round trips that isolate nothing under READ COMMITTED.
+            if adapter._transaction is None and sync.in_transaction():
                 await adapter._start_transaction()
-            await adapter._connection.execute(sql)
+            return await work(adapter)
         except Exception as error:
             failure = error
-    if failure is not None:
-        raise await _translated(conn, adapter, sql, (), failure) from failure
+    # Translated outside the mutex: invalidating a lost connection may need it.
+    raise await _translated(conn, adapter, sql, args, failure) from failure
 
 
 async def _translated(
@@ -135,7 +133,7 @@ async def _translated(
 
 class _Savepoint:
     """`async with conn.begin_nested():` as plain SAVEPOINT / RELEASE on the same path
-    (the group-commit writer opens one per operation)."""
+    (the group-commit writer opens one per operation, always inside its transaction)."""
 
     _count = 0
 
@@ -144,14 +142,17 @@ class _Savepoint:
         self._conn = conn
         self._name = f"ait_sp_{_Savepoint._count}"
 
+    async def _run(self, sql: str) -> None:
+        await _on_driver(self._conn, sql, (), lambda adapter: adapter._connection.execute(sql))
+
     async def __aenter__(self) -> _Savepoint:
-        await _execute_raw(self._conn, f"SAVEPOINT {self._name}")
+        await self._run(f"SAVEPOINT {self._name}")
         return self
 
     async def __aexit__(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
         if exc_type is not None:
-            await _execute_raw(self._conn, f"ROLLBACK TO SAVEPOINT {self._name}")
-        await _execute_raw(self._conn, f"RELEASE SAVEPOINT {self._name}")
+            await self._run(f"ROLLBACK TO SAVEPOINT {self._name}")
+        await self._run(f"RELEASE SAVEPOINT {self._name}")
 
 
 __all__ = ["PreparedConnection"]
