@@ -60,17 +60,30 @@ FAUCET_BODIES: list[tuple[dict[str, Any], bool]] = [
 ]
 
 
+async def _schema_agrees_with_handler(
+    coordinator: Coordinator,
+    key: KeyInfo,
+    http: aiohttp.ClientSession,
+    path: str,
+    bodies: list[tuple[dict[str, Any], bool]],
+    ok_status: int,
+) -> None:
+    """Each body: the handler answers `ok_status` or 422, and the OpenAPI request schema
+    accepts it exactly when the handler does."""
+    schema = DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+    validator = _validator(schema["schema"])
+    for body, accepted in bodies:
+        status, answer, _ = await call(http, "POST", coordinator.url + path, key, json=body)
+        assert status == (ok_status if accepted else 422), (body, answer)
+        assert validator.is_valid(body) == accepted, body
+
+
 async def test_the_faucet_schema_accepts_what_the_handler_accepts(
     coordinator: Coordinator, client_key: KeyInfo, http: aiohttp.ClientSession
 ) -> None:
-    schema = DOC["paths"]["/v1/faucet"]["post"]["requestBody"]["content"]["application/json"]
-    validator = _validator(schema["schema"])
-    for body, accepted in FAUCET_BODIES:
-        status, answer, _ = await call(
-            http, "POST", coordinator.url + "/v1/faucet", client_key, json=body
-        )
-        assert status == (200 if accepted else 422), (body, answer)
-        assert validator.is_valid(body) == accepted, body
+    await _schema_agrees_with_handler(
+        coordinator, client_key, http, "/v1/faucet", FAUCET_BODIES, 200
+    )
 
 
 FULL_JOB: dict[str, Any] = {
@@ -124,14 +137,7 @@ JOB_BODIES: list[tuple[dict[str, Any], bool]] = [
 async def test_the_submit_schema_accepts_what_the_handler_accepts(
     coordinator: Coordinator, client_key: KeyInfo, http: aiohttp.ClientSession
 ) -> None:
-    schema = DOC["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
-    validator = _validator(schema["schema"])
-    for body, accepted in JOB_BODIES:
-        status, answer, _ = await call(
-            http, "POST", coordinator.url + "/v1/jobs", client_key, json=body
-        )
-        assert status == (201 if accepted else 422), (body, answer)
-        assert validator.is_valid(body) == accepted, body
+    await _schema_agrees_with_handler(coordinator, client_key, http, "/v1/jobs", JOB_BODIES, 201)
 
 
 ECHO = ModelSpec("echo", "echo", None, 3, "byte", {})
