@@ -139,6 +139,7 @@ async def _serve(settings: Settings) -> None:
     from aiohttp import web
 
     from coordinator.app import create_app
+    from protocol.gc_tuning import tune_gc_after_startup
 
     runner = web.AppRunner(create_app(settings), access_log=None)
     await runner.setup()
@@ -147,6 +148,7 @@ async def _serve(settings: Settings) -> None:
         await site.start()
         for address in runner.addresses:  # the real port, also with --port 0
             typer.echo(f"coordinator listening on http://{address[0]}:{address[1]}", err=True)
+        tune_gc_after_startup()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -21,6 +21,7 @@ import typer
 from miner import __version__
 from miner.config import ConfigError, MinerSettings, load_settings
 from miner.gpu import DeviceError, probe
+from protocol.gc_tuning import tune_gc_after_startup
 from protocol.keys import KeyFileError
 from protocol.money import format_ait
 
@@ -137,6 +138,7 @@ async def _serve(daemon: Any) -> None:
     logging.getLogger("miner").info(
         "miner %s starting", daemon.miner_id, extra={"miner_id": daemon.miner_id}
     )
+    tune_gc_after_startup()  # once the daemon is built (models load on first use)
     await daemon.run()
     for task in tasks:
         await task
