@@ -52,9 +52,14 @@ def _next_level(level: list[bytes]) -> list[bytes]:
 
 def merkle_root(leaves: Sequence[Any]) -> str:
     """Hex Merkle root of the entries, in order."""
-    if not leaves:
+    return root_of_leaf_hashes([leaf_hash(entry) for entry in leaves])
+
+
+def root_of_leaf_hashes(leaf_hashes: Sequence[bytes]) -> str:
+    """Hex Merkle root over already computed leaf hashes (`leaf_hash` of each entry)."""
+    if not leaf_hashes:
         return EMPTY_ROOT
-    level = [leaf_hash(entry) for entry in leaves]
+    level = list(leaf_hashes)
     while len(level) > 1:
         level = _next_level(level)
     return level[0].hex()

@@ -2,9 +2,13 @@
 
 Every `block_interval_seconds` the sealer takes, per configured chain, the transfers not
 yet in a block (`ledger_transfers.block_height IS NULL`, in `seq` order), attaches the
-signed receipt each payment settles, seals them into the next block with the coordinator
-key (chain.blocks.seal_block), inserts it and stamps `block_height` on the transfers and
-receipts, all in one transaction. Blocks are never rewritten.
+signed receipt each payment settles and seals them into the next block with the
+coordinator key (chain.blocks.seal_block). That part reads committed rows and runs outside
+any write transaction, handing the event loop back between chunks of hashing, so neither
+the group-commit writer nor request handling waits for it. Then one short transaction
+inserts the block and stamps `block_height` on the transfers and receipts; the guards
+below refuse a draft whose height or transfers another sealer took meanwhile. Blocks are
+never rewritten.
 
 Several coordinator processes on one PostgreSQL: a transaction-scoped advisory lock per
 chain lets one of them seal at a time (the others skip the round), and two guards back it
@@ -21,8 +25,10 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +41,7 @@ from chain.blocks import (
     seal_block,
     transfer_entry,
 )
+from chain.merkle import leaf_hash
 from coordinator import appkeys
 from coordinator.db.database import Database
 from coordinator.db.schema import chain_blocks, ledger_transfers, receipts
@@ -48,6 +55,10 @@ from protocol.timefmt import now_ms
 log = logging.getLogger(__name__)
 
 MAX_BLOCKS_PER_ROUND = 20  # a backlog is worked off over rounds, never in one long stall
+# Entries are hashed this many at a time with the event loop served in between: sealing a
+# second of settlements in one go stalled every request and dispatch for ~40 ms at 100
+# jobs/s (docs/benchmarks.md, round 4).
+HASH_CHUNK = 16
 # A payment whose receipt row is missing waits this long for it. Settlement writes both in
 # one transaction, so a wait means a bug elsewhere; it is kept short because the block (and
 # every transfer after the payment) waits too. After it the payment is sealed without a
@@ -143,27 +154,34 @@ async def _pending_entries(
     return seqs, entries, sealed_jobs
 
 
-async def seal_next_block(
-    conn: AsyncConnection, chain_id: str, key: PrivateKey, *, now: int | None = None
-) -> dict[str, Any] | None:
-    """Seal the chain's pending transfers into its next block, inside the caller's
-    transaction; the block, or None when nothing is pending (or another process seals)."""
-    now = now_ms() if now is None else now
-    if conn.dialect.name == "postgresql":
-        locked = await conn.scalar(
-            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _lock_key(chain_id)}
-        )
-        if not locked:
+@dataclass(frozen=True)
+class _Draft:
+    """A sealed block not yet stored, and the rows storing it must stamp."""
+
+    block: dict[str, Any]
+    created_at_ms: int
+    seqs: list[int]
+    sealed_jobs: list[str]
+
+
+async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -> _Draft | None:
+    """Seal the chain's pending transfers into its next block, outside any write
+    transaction (None when nothing is pending). What it read may be stale by the time
+    _store_block runs; the height's primary key and the stamp count catch that."""
+    async with db.read() as conn:
+        seqs, entries, sealed_jobs = await _pending_entries(conn, chain_id, now)
+        if not entries:
             return None
-    seqs, entries, sealed_jobs = await _pending_entries(conn, chain_id, now)
-    if not entries:
-        return None
-    height, prev_hash, signer = await _tip(conn, chain_id)
+        height, prev_hash, signer = await _tip(conn, chain_id)
     if signer is not None and signer != public_key_hex(key):
         raise ForeignSigner(
             f"chain {chain_id} is signed by coordinator key {signer[:16]}..., this process "
             f"holds {public_key_hex(key)[:16]}...; copy the chain's coordinator.key here"
         )
+    leaves: list[bytes] = []
+    for start in range(0, len(entries), HASH_CHUNK):
+        leaves.extend(leaf_hash(entry) for entry in entries[start : start + HASH_CHUNK])
+        await asyncio.sleep(0)  # let requests and dispatch run between chunks
     block = seal_block(
         chain_id=chain_id,
         height=height,
@@ -171,36 +189,55 @@ async def seal_next_block(
         entries=entries,
         created_at_ms=now,
         private_key=key,
+        leaf_hashes=leaves,
     )
+    return _Draft(block, now, seqs, sealed_jobs)
+
+
+async def _store_block(
+    conn: AsyncConnection, chain_id: str, draft: _Draft
+) -> dict[str, Any] | None:
+    """Insert a drafted block and stamp its transfers and receipts, inside the caller's
+    transaction; None when another process is sealing this chain now (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        locked = await conn.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _lock_key(chain_id)}
+        )
+        if not locked:
+            return None
+    header = draft.block["header"]
+    height = header["height"]
     try:
         await conn.execute(
             chain_blocks.insert().values(
                 chain_id=chain_id,
                 height=height,
-                hash=block["hash"],
-                prev_hash=prev_hash,
-                merkle_root=block["header"]["merkle_root"],
-                created_at_ms=now,
-                header=canonical_bytes(block["header"]).decode(),
-                body=json.dumps(block["entries"], separators=(",", ":")),
-                signature=json.dumps(block["signature"], separators=(",", ":")),
+                hash=draft.block["hash"],
+                prev_hash=header["prev_hash"],
+                merkle_root=header["merkle_root"],
+                created_at_ms=draft.created_at_ms,
+                header=canonical_bytes(header).decode(),
+                body=orjson.dumps(draft.block["entries"]).decode(),
+                signature=orjson.dumps(draft.block["signature"]).decode(),
             )
         )
     except IntegrityError as exc:
         raise SealRace(f"block {chain_id}/{height} was sealed by another process") from exc
     stamped = await conn.execute(
         update(ledger_transfers)
-        .where(ledger_transfers.c.seq.in_(seqs))
+        .where(ledger_transfers.c.seq.in_(draft.seqs))
         .where(ledger_transfers.c.block_height.is_(None))
         .values(block_height=height)
     )
-    if stamped.rowcount != len(seqs):
+    if stamped.rowcount != len(draft.seqs):
         raise SealRace(f"transfers of {chain_id} were sealed by another process")
-    if sealed_jobs:
+    if draft.sealed_jobs:
         await conn.execute(
-            update(receipts).where(receipts.c.job_id.in_(sealed_jobs)).values(block_height=height)
+            update(receipts)
+            .where(receipts.c.job_id.in_(draft.sealed_jobs))
+            .values(block_height=height)
         )
-    return block
+    return draft.block
 
 
 async def _has_pending(db: Database, chain_id: str) -> bool:
@@ -222,9 +259,12 @@ async def seal_pending(db: Database, chain_id: str, key: PrivateKey) -> int:
     if not await _has_pending(db, chain_id):
         return made  # the common idle case costs a read, not a write transaction
     for _ in range(MAX_BLOCKS_PER_ROUND):
+        draft = await _draft_block(db, chain_id, key, now_ms())
+        if draft is None:
+            return made
 
-        async def op(conn: AsyncConnection) -> dict[str, Any] | None:
-            return await seal_next_block(conn, chain_id, key)
+        async def op(conn: AsyncConnection, draft: _Draft = draft) -> dict[str, Any] | None:
+            return await _store_block(conn, chain_id, draft)
 
         try:
             block = await db.write(op)

@@ -26,7 +26,15 @@ from chain.verify import verify_chain
 from coordinator.db.database import Database
 from coordinator.db.schema import ledger_transfers, receipts
 from coordinator.service.block_reads import chain_gauges, chain_height, get_blocks
-from coordinator.service.blocks import RECEIPT_WAIT_MS, ForeignSigner, receipt_block, seal_pending
+from coordinator.service.blocks import (
+    RECEIPT_WAIT_MS,
+    ForeignSigner,
+    SealRace,
+    _draft_block,
+    _store_block,
+    receipt_block,
+    seal_pending,
+)
 from coordinator.settings import Settings
 from protocol.keys import address_of, generate_private_key, public_key_hex
 from protocol.timefmt import now_ms
@@ -273,6 +281,26 @@ async def test_concurrent_sealers_never_seal_a_transfer_twice(chain_db_url: str)
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_block_drafted_on_a_tip_that_moved_is_refused(db: Database) -> None:
+    # Sealing drafts a block outside the write transaction, so another sealer can store
+    # that height first; the draft must then be refused, not stored beside it.
+    await _mint(db, 0)
+    stale = await _draft_block(db, CHAIN, COORDINATOR, now_ms())
+    assert stale is not None and stale.block["header"]["height"] == 0
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1  # another sealer got there first
+    await _mint(db, 1)
+
+    async def store(conn: Any) -> Any:
+        return await _store_block(conn, CHAIN, stale)
+
+    with pytest.raises(SealRace, match="sealed by another process"):
+        await db.write(store)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    blocks = await _all_blocks(db)
+    assert [[e["transfer_id"] for e in b["entries"]] for b in blocks] == [["mint:0"], ["mint:1"]]
+    assert verify_chain(blocks, PUB, await _live(db)).ok
 
 
 async def test_a_chain_is_never_signed_by_two_keys(db: Database) -> None:

@@ -13,7 +13,7 @@ from chain.blocks import (
     transfer_entry,
     verify_header_signature,
 )
-from chain.merkle import merkle_proof, merkle_root, verify_proof
+from chain.merkle import leaf_hash, merkle_proof, merkle_root, verify_proof
 from protocol.canonical import canonical_bytes, sha256_hex
 from protocol.keys import address_of, generate_private_key, public_key_hex
 
@@ -123,6 +123,23 @@ def test_seal_genesis_and_next_block() -> None:
     )
     assert second["header"]["prev_hash"] == genesis["hash"]
     assert second["hash"] != genesis["hash"]
+
+
+def test_precomputed_leaf_hashes_give_the_same_block() -> None:
+    key = generate_private_key()
+    entries = [_mint(i, address_of(key)) for i in range(5)]
+    fields = {
+        "chain_id": "ait-devnet",
+        "height": 0,
+        "prev_hash": GENESIS_PREV_HASH,
+        "entries": entries,
+        "created_at_ms": T0,
+        "private_key": key,
+    }
+    hashes = [leaf_hash(entry) for entry in entries]
+    assert seal_block(**fields, leaf_hashes=hashes) == seal_block(**fields)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="one leaf hash per entry"):
+        seal_block(**fields, leaf_hashes=hashes[:4])  # type: ignore[arg-type]
 
 
 def test_header_signature_rejects_changes_and_other_keys() -> None:
