@@ -76,6 +76,8 @@ class Database:
             raise
         if start_writer:
             self.writer.start()
+        if self._sqlite is not None:
+            self._sqlite.start_checkpoints()
 
     @classmethod
     async def open(cls, url: str, *, start_writer: bool = True) -> Database:
@@ -90,6 +92,7 @@ class Database:
 
     async def _dispose(self) -> None:
         if self._sqlite is not None:
+            await self._sqlite.stop_checkpoints()
             self._sqlite.close()
         if self._engine is not None:
             await self._engine.dispose()

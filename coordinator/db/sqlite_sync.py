@@ -17,8 +17,10 @@ read through it would see the database as it was then.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -32,7 +34,16 @@ from coordinator.db import prepared
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 10_000
+# WAL checkpoints run on a worker thread this often. Left to SQLite, the commit that takes
+# the WAL past 1,000 pages copies them into the database file and fsyncs it, on the event
+# loop: ~14 ms, about 3 times a second at 100 jobs/s, which made the p99 of every request
+# (docs/benchmarks.md, round 4).
+CHECKPOINT_INTERVAL_S = 0.5
+# Should the worker thread fall behind or fail, a commit still checkpoints at this size.
+FALLBACK_AUTOCHECKPOINT_PAGES = 16_000
 
 
 class _BufferedCursor(sqlite3.Cursor):
@@ -178,6 +189,14 @@ class SyncConnection(AsyncConnection):
         return _Savepoint(self._proxied)
 
 
+def _checkpoint(path: str) -> None:
+    """Copy what the WAL holds into the database file (PASSIVE: never waits for, nor
+    blocks, the writer or readers). Runs on a worker thread, with a connection of its own:
+    sqlite3 releases the GIL while SQLite works, so the event loop runs on meanwhile."""
+    with contextlib.closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 def _usable(conn: Connection | None) -> Connection | None:
     """`conn` unless it is closed or an error invalidated it."""
     if conn is None or conn.closed or conn.invalidated:
@@ -206,12 +225,19 @@ class SqliteStore:
         self._read_engine = self._write_engine if self.memory else sqlite_engine(path)
         self._reader: SyncConnection | None = None
         self._writer: Connection | None = None
+        self.path = path
+        self._checkpoints: asyncio.Task[None] | None = None
+        self._checkpointing_off: sqlite3.Connection | None = None  # writer that left it to us
+        self._stop_checkpoints = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         conn = self._writer = _usable(self._writer) or self._write_engine.connect()
         driver = conn.connection.driver_connection
         assert isinstance(driver, sqlite3.Connection)
+        if self._checkpoints is not None and driver is not self._checkpointing_off:
+            driver.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT_PAGES}")
+            self._checkpointing_off = driver  # (per connection; a new writer sets it again)
         try:
             driver.execute("BEGIN IMMEDIATE")
             yield SyncConnection(conn)
@@ -228,6 +254,30 @@ class SqliteStore:
             # (':memory:': StaticPool hands out the writer's DBAPI connection again.)
             self._reader = SyncConnection(self._read_engine.connect())
         return self._reader
+
+    def start_checkpoints(self) -> None:
+        """Checkpoint the WAL from a worker thread from now on (a file database only)."""
+        if not self.memory and self._checkpoints is None:
+            self._stop_checkpoints.clear()
+            self._checkpoints = asyncio.get_running_loop().create_task(
+                self._checkpoint_forever(), name="sqlite-checkpoints"
+            )
+
+    async def stop_checkpoints(self) -> None:
+        """Let a checkpoint in progress finish, then stop."""
+        if self._checkpoints is not None:
+            self._stop_checkpoints.set()
+            await self._checkpoints
+            self._checkpoints = None
+
+    async def _checkpoint_forever(self) -> None:
+        while not self._stop_checkpoints.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_checkpoints.wait(), CHECKPOINT_INTERVAL_S)
+            try:
+                await asyncio.to_thread(_checkpoint, self.path)
+            except sqlite3.Error as exc:  # the fallback size still bounds the WAL
+                log.warning("WAL checkpoint failed: %s", exc)
 
     def close(self) -> None:
         for conn in (self._reader and self._reader.sync_connection, self._writer):
