@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +55,11 @@ from protocol.timefmt import now_ms
 log = logging.getLogger(__name__)
 
 MAX_BLOCKS_PER_ROUND = 20  # a backlog is worked off over rounds, never in one long stall
-# Entries are hashed this many at a time with the event loop served in between: sealing a
-# second of settlements in one go stalled every request and dispatch for ~40 ms at 100
-# jobs/s (docs/benchmarks.md, round 4).
-HASH_CHUNK = 16
+# Entries are built and hashed this many at a time, the event loop served in between
+# (~1.5 ms a slice): sealing a second of settlements in one go stalled every request and
+# dispatch for ~40 ms at 100 jobs/s, and the jobs caught in it made the p99
+# (docs/benchmarks.md, round 4).
+ENTRIES_PER_SLICE = 8
 # A payment whose receipt row is missing waits this long for it. Settlement writes both in
 # one transaction, so a wait means a bug elsewhere; it is kept short because the block (and
 # every transfer after the payment) waits too. After it the payment is sealed without a
@@ -101,10 +102,11 @@ async def _tip(conn: AsyncConnection, chain_id: str) -> tuple[int, str, str | No
     return int(row.height) + 1, str(row.hash), signer
 
 
-async def _pending_entries(
-    conn: AsyncConnection, chain_id: str, now: int
-) -> tuple[list[int], list[dict[str, Any]], list[str]]:
-    """(seqs, entries, paid job ids) of the next block's transfers, in seq order."""
+async def _pending_rows(
+    conn: AsyncConnection, chain_id: str
+) -> tuple[Sequence[Any], dict[str, Any]]:
+    """The chain's unsealed transfers in seq order (at most a block's worth), and the
+    stored receipt rows of the payments among them, by job id."""
     rows = (
         await conn.execute(
             select(ledger_transfers)
@@ -115,43 +117,15 @@ async def _pending_entries(
         )
     ).all()
     paid_jobs = [r.job_id for r in rows if r.kind == RECEIPT_TRANSFER_KIND and r.job_id]
-    signed: dict[str, tuple[Any, Any]] = {}
+    signed: dict[str, Any] = {}
     if paid_jobs:
         for r in await conn.execute(
             select(receipts.c.job_id, receipts.c.receipt, receipts.c.signature).where(
                 receipts.c.job_id.in_(paid_jobs)
             )
         ):
-            signed[r.job_id] = (json.loads(r.receipt), json.loads(r.signature))
-    seqs: list[int] = []
-    entries: list[dict[str, Any]] = []
-    sealed_jobs: list[str] = []
-    for r in rows:
-        receipt, signature = signed.get(r.job_id, (None, None)) if r.job_id else (None, None)
-        if r.kind == RECEIPT_TRANSFER_KIND and receipt is None:
-            if now - r.created_at_ms < RECEIPT_WAIT_MS:
-                break  # keep seq order: this block ends before the payment
-            log.error("sealing a payment without its receipt", extra={"job_id": r.job_id})
-        seqs.append(int(r.seq))
-        entries.append(
-            transfer_entry(
-                transfer_id=r.transfer_id,
-                kind=r.kind,
-                chain_id=r.chain_id,
-                debit_address=r.debit_address,
-                debit_kind=r.debit_kind,
-                credit_address=r.credit_address,
-                credit_kind=r.credit_kind,
-                amount_uait=int(r.amount_uait),
-                created_at_ms=int(r.created_at_ms),
-                job_id=r.job_id,
-                receipt=receipt if r.kind == RECEIPT_TRANSFER_KIND else None,
-                receipt_signature=signature if r.kind == RECEIPT_TRANSFER_KIND else None,
-            )
-        )
-        if r.kind == RECEIPT_TRANSFER_KIND and receipt is not None:
-            sealed_jobs.append(r.job_id)
-    return seqs, entries, sealed_jobs
+            signed[r.job_id] = r
+    return rows, signed
 
 
 @dataclass(frozen=True)
@@ -169,8 +143,8 @@ async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -
     transaction (None when nothing is pending). What it read may be stale by the time
     _store_block runs; the height's primary key and the stamp count catch that."""
     async with db.read() as conn:
-        seqs, entries, sealed_jobs = await _pending_entries(conn, chain_id, now)
-        if not entries:
+        rows, signed = await _pending_rows(conn, chain_id)
+        if not rows:
             return None
         height, prev_hash, signer = await _tip(conn, chain_id)
     if signer is not None and signer != public_key_hex(key):
@@ -178,10 +152,39 @@ async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -
             f"chain {chain_id} is signed by coordinator key {signer[:16]}..., this process "
             f"holds {public_key_hex(key)[:16]}...; copy the chain's coordinator.key here"
         )
+    seqs: list[int] = []
+    entries: list[dict[str, Any]] = []
     leaves: list[bytes] = []
-    for start in range(0, len(entries), HASH_CHUNK):
-        leaves.extend(leaf_hash(entry) for entry in entries[start : start + HASH_CHUNK])
-        await asyncio.sleep(0)  # let requests and dispatch run between chunks
+    sealed_jobs: list[str] = []
+    for index, r in enumerate(rows):
+        if index % ENTRIES_PER_SLICE == ENTRIES_PER_SLICE - 1:
+            await asyncio.sleep(0)  # let requests and dispatch run between slices
+        stored = signed.get(r.job_id) if r.kind == RECEIPT_TRANSFER_KIND else None
+        if r.kind == RECEIPT_TRANSFER_KIND and stored is None:
+            if now - r.created_at_ms < RECEIPT_WAIT_MS:
+                break  # keep seq order: this block ends before the payment
+            log.error("sealing a payment without its receipt", extra={"job_id": r.job_id})
+        entry = transfer_entry(
+            transfer_id=r.transfer_id,
+            kind=r.kind,
+            chain_id=r.chain_id,
+            debit_address=r.debit_address,
+            debit_kind=r.debit_kind,
+            credit_address=r.credit_address,
+            credit_kind=r.credit_kind,
+            amount_uait=int(r.amount_uait),
+            created_at_ms=int(r.created_at_ms),
+            job_id=r.job_id,
+            receipt=None if stored is None else json.loads(stored.receipt),
+            receipt_signature=None if stored is None else json.loads(stored.signature),
+        )
+        seqs.append(int(r.seq))
+        entries.append(entry)
+        leaves.append(leaf_hash(entry))
+        if stored is not None:
+            sealed_jobs.append(r.job_id)
+    if not entries:
+        return None
     block = seal_block(
         chain_id=chain_id,
         height=height,
