@@ -3,6 +3,15 @@
 Signed documents hold no floats (amounts and units are integers), so the number rules
 of RFC 8785 reduce to integers in the IEEE-754 safe range; a float is refused outright
 rather than serialized in a way another implementation might not reproduce.
+
+For such values RFC 8785 output is JSON with members sorted, no whitespace, and strings
+escaped as ECMAScript's JSON.stringify does, which is what orjson writes with sorted keys
+(it escapes exactly the same characters, checked over every code point in the tests)
+as long as every member name is ASCII: orjson sorts names by code point, RFC 8785 by UTF-16
+code unit, and the two orders differ only beyond ASCII. So a value made of plain dicts
+with ASCII names, lists, strings, integers, booleans and null is encoded by orjson (~25x
+faster: receipts are encoded on every result and every block entry); anything else goes
+through `reference_canonical_bytes`, which the fast path must always agree with.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DEPTH = 64
@@ -84,8 +95,44 @@ def _encode(value: Any, depth: int, out: list[str]) -> None:
         raise CanonicalError(f"type {type(value).__name__} has no JSON form")
 
 
+_SCALARS = frozenset({str, int, bool, type(None)})
+# Sorted members; an integer beyond +-(2**53 - 1) raises (as a lone surrogate does).
+_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True when orjson's sorted output is the canonical form of `value`: only dicts with
+    ASCII string names, lists, tuples, str, int, bool and None, at most MAX_DEPTH deep."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return False
+            if type(item) not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(type(item) in _SCALARS or _plain(item, depth + 1) for item in value)
+    return False
+
+
 def canonical_bytes(value: Any) -> bytes:
     """The RFC 8785 canonical UTF-8 bytes of a JSON value (integers only, no floats)."""
+    if _plain(value, 0):
+        try:
+            return orjson.dumps(value, option=_ORJSON_OPTIONS)
+        except orjson.JSONEncodeError:
+            pass  # out-of-range integer or lone surrogate: the reference names the fault
+    return reference_canonical_bytes(value)
+
+
+def reference_canonical_bytes(value: Any) -> bytes:
+    """RFC 8785 in plain Python, for every value; `canonical_bytes` takes a faster path
+    where it can, and must give the same bytes (or the same refusal)."""
     out: list[str] = []
     _encode(value, 0, out)
     return "".join(out).encode("utf-8")

@@ -175,8 +175,8 @@ async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -
             amount_uait=int(r.amount_uait),
             created_at_ms=int(r.created_at_ms),
             job_id=r.job_id,
-            receipt=None if stored is None else json.loads(stored.receipt),
-            receipt_signature=None if stored is None else json.loads(stored.signature),
+            receipt=None if stored is None else orjson.loads(stored.receipt),
+            receipt_signature=None if stored is None else orjson.loads(stored.signature),
         )
         seqs.append(int(r.seq))
         entries.append(entry)

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.canonical import CanonicalError, canonical_bytes, sha256_hex
+from protocol.canonical import (
+    MAX_DEPTH,
+    CanonicalError,
+    canonical_bytes,
+    reference_canonical_bytes,
+    sha256_hex,
+)
 
 
 def test_members_sorted_by_utf16_code_units() -> None:
@@ -66,3 +72,50 @@ def test_member_order_is_utf16_order_whatever_the_names(obj: dict[str, int]) -> 
     names = sorted(obj, key=lambda k: k.encode("utf-16-be"))
     expected = "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{obj[k]}" for k in names)
     assert canonical_bytes(obj) == (expected + "}").encode()
+
+
+# -- the orjson fast path must answer exactly what the reference encoder answers ----------
+_NAMES = st.one_of(st.text(max_size=6), st.sampled_from(["a", "b", "job_id", "é", "\ue000"]))
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**54), 2**54)
+    | st.sampled_from([2**53 - 1, -(2**53 - 1), 2**53, -(2**53), 2**64, 1.0])
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(_NAMES, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _outcome(encode: object, value: object) -> bytes | str:
+    try:
+        return encode(value)  # type: ignore[operator, no-any-return]
+    except CanonicalError:
+        return "refused"
+
+
+@given(_VALUES)
+def test_fast_path_agrees_with_the_reference(value: object) -> None:
+    assert _outcome(canonical_bytes, value) == _outcome(reference_canonical_bytes, value)
+
+
+def test_fast_path_escapes_every_code_point_as_the_reference() -> None:
+    # One string per block of code points keeps this quick; every non-surrogate is in one.
+    for start in range(0, 0x110000, 0x800):
+        text = "".join(
+            chr(c) for c in range(start, min(start + 0x800, 0x110000)) if not 0xD800 <= c <= 0xDFFF
+        )
+        assert canonical_bytes({"s": text}) == reference_canonical_bytes({"s": text})
+
+
+def test_depth_limit_holds_on_both_paths() -> None:
+    deep: object = 1
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    assert canonical_bytes(deep) == reference_canonical_bytes(deep)
+    with pytest.raises(CanonicalError, match="nesting"):
+        canonical_bytes([deep])
