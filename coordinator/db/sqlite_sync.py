@@ -227,7 +227,8 @@ class SqliteStore:
         self._writer: Connection | None = None
         self.path = path
         self._checkpoints: asyncio.Task[None] | None = None
-        self._checkpointing_off: sqlite3.Connection | None = None  # writer that left it to us
+        # The writer connection whose own autocheckpoint was moved to the fallback size.
+        self._checkpointing_off: sqlite3.Connection | None = None
         self._stop_checkpoints = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -276,7 +277,7 @@ class SqliteStore:
                 await asyncio.wait_for(self._stop_checkpoints.wait(), CHECKPOINT_INTERVAL_S)
             try:
                 await asyncio.to_thread(_checkpoint, self.path)
-            except sqlite3.Error as exc:  # the fallback size still bounds the WAL
+            except Exception as exc:  # keep going; the fallback size still bounds the WAL
                 log.warning("WAL checkpoint failed: %s", exc)
 
     def close(self) -> None:

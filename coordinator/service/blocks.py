@@ -4,7 +4,7 @@ Every `block_interval_seconds` the sealer takes, per configured chain, the trans
 yet in a block (`ledger_transfers.block_height IS NULL`, in `seq` order), attaches the
 signed receipt each payment settles and seals them into the next block with the
 coordinator key (chain.blocks.seal_block). That part reads committed rows and runs outside
-any write transaction, handing the event loop back between chunks of hashing, so neither
+any write transaction, handing the event loop back between slices of entries, so neither
 the group-commit writer nor request handling waits for it. Then one short transaction
 inserts the block and stamps `block_height` on the transfers and receipts; the guards
 below refuse a draft whose height or transfers another sealer took meanwhile. Blocks are
