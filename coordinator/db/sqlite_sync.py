@@ -85,7 +85,8 @@ class _BufferedConnection(sqlite3.Connection):
 
 def sqlite_engine(path: str) -> Engine:
     """A sync engine on `path` (or ':memory:'): WAL, `synchronous=NORMAL`, foreign keys,
-    `busy_timeout`."""
+    `busy_timeout`; commits checkpoint by themselves only past the fallback size (the
+    store's checkpoint task does it otherwise)."""
     memory = path in ("", ":memory:")
 
     def connect() -> sqlite3.Connection:
@@ -109,6 +110,7 @@ def sqlite_engine(path: str) -> Engine:
         cursor = dbapi_connection.cursor()
         if not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT_PAGES}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -225,10 +227,8 @@ class SqliteStore:
         self._read_engine = self._write_engine if self.memory else sqlite_engine(path)
         self._reader: SyncConnection | None = None
         self._writer: Connection | None = None
-        self.path = path
+        self._path = path
         self._checkpoints: asyncio.Task[None] | None = None
-        # The writer connection whose own autocheckpoint was moved to the fallback size.
-        self._checkpointing_off: sqlite3.Connection | None = None
         self._stop_checkpoints = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -236,9 +236,6 @@ class SqliteStore:
         conn = self._writer = _usable(self._writer) or self._write_engine.connect()
         driver = conn.connection.driver_connection
         assert isinstance(driver, sqlite3.Connection)
-        if self._checkpoints is not None and driver is not self._checkpointing_off:
-            driver.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT_PAGES}")
-            self._checkpointing_off = driver  # (per connection; a new writer sets it again)
         try:
             driver.execute("BEGIN IMMEDIATE")
             yield SyncConnection(conn)
@@ -257,7 +254,8 @@ class SqliteStore:
         return self._reader
 
     def start_checkpoints(self) -> None:
-        """Checkpoint the WAL from a worker thread from now on (a file database only)."""
+        """Checkpoint the WAL from a worker thread from now on (a file database only;
+        `Database.start` calls this, so commits never need to)."""
         if not self.memory and self._checkpoints is None:
             self._stop_checkpoints.clear()
             self._checkpoints = asyncio.get_running_loop().create_task(
@@ -276,7 +274,7 @@ class SqliteStore:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_checkpoints.wait(), CHECKPOINT_INTERVAL_S)
             try:
-                await asyncio.to_thread(_checkpoint, self.path)
+                await asyncio.to_thread(_checkpoint, self._path)
             except Exception as exc:  # keep going; the fallback size still bounds the WAL
                 log.warning("WAL checkpoint failed: %s", exc)
 
