@@ -12,18 +12,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from coordinator.db.coalesce import Coalescer, RunMany
 from coordinator.db.migrations import migrate
 from coordinator.db.pg_prepared import PreparedConnection
 from coordinator.db.sqlite_sync import SqliteStore
 from coordinator.db.writer import GroupWriter, Transaction, WriteOp, engine_transaction, run_alone
 
 T = TypeVar("T")
+Request = TypeVar("Request")
+Answer = TypeVar("Answer")
 
 PG_POOL_SIZE = 32  # connections kept open per coordinator process
 PG_POOL_OVERFLOW = 0  # a burst waits for one instead of opening (and closing) more
@@ -46,6 +49,7 @@ class Database:
             self.dialect = engine.dialect.name  # "postgresql"
             self._transaction = engine_transaction(engine, PreparedConnection)
         self.writer = GroupWriter(self._transaction)
+        self._coalescers: dict[Any, Coalescer[Any, Any]] = {}
 
     @property
     def is_postgres(self) -> bool:
@@ -110,6 +114,23 @@ class Database:
     async def write(self, op: WriteOp[T]) -> T:
         """Run `op(conn)` in the next group-commit transaction; its result once committed."""
         return await self.writer.submit(op)
+
+    async def write_coalesced(self, run_many: RunMany[Request, Answer], request: Request) -> Answer:
+        """Write `request` by `run_many` together with the other requests for it that
+        arrive before the writer gets to them (`coordinator.db.coalesce`)."""
+        answer: Answer = await self.coalescer(run_many).submit(request)
+        return answer
+
+    def coalescers(self) -> dict[str, Coalescer[Any, Any]]:
+        """Each coalescer in use, by its operation's name (for /metrics)."""
+        return {run_many.__name__: c for run_many, c in self._coalescers.items()}
+
+    def coalescer(self, run_many: RunMany[Request, Answer]) -> Coalescer[Request, Answer]:
+        """The one coalescer for `run_many` on this database (its counters: /metrics)."""
+        coalescer = self._coalescers.get(run_many)
+        if coalescer is None:
+            coalescer = self._coalescers[run_many] = Coalescer(self.write, run_many)
+        return coalescer
 
     async def ping(self) -> None:
         async with self.read() as conn:
