@@ -112,7 +112,15 @@ _ENSURE_ACCOUNTS = {
 }
 
 
-# Per number of accounts/ids, built once. Plain bind parameters rather than an expanding
+def padded(values: Sequence[Any]) -> list[Any]:
+    """`values` repeated at the end up to the next power of two: statements built per
+    number of parameters then come in a few sizes, so their compiled plans (and
+    PostgreSQL's prepared statements) are reused rather than one per batch size."""
+    size = 1 << max(0, len(values) - 1).bit_length()
+    return [*values, *([values[-1]] * (size - len(values)))] if values else []
+
+
+# Per number of accounts/ids (`padded`), built once. Plain bind parameters rather than an expanding
 # IN list: an expanding list is re-rendered on every execution, and these run several
 # times per job (docs/benchmarks.md).
 @functools.cache
@@ -156,6 +164,18 @@ _INSERT_TRANSFERS = ledger_transfers.insert()
 _SELECT_HOLD = (
     select(ledger_holds).where(ledger_holds.c.hold_id == bindparam("h_id")).with_for_update()
 )
+
+
+@functools.cache
+def _select_holds(count: int) -> Any:
+    return (
+        select(ledger_holds)
+        .where(ledger_holds.c.hold_id.in_([bindparam(f"h{i}") for i in range(count)]))
+        .order_by(ledger_holds.c.hold_id)
+        .with_for_update()
+    )
+
+
 _INSERT_HOLD = ledger_holds.insert()
 _RESOLVE_HOLD = (
     update(ledger_holds)
@@ -200,7 +220,7 @@ async def _load(
                 [_empty_account_row(a) for a in missing],
             )
             await _read_accounts(conn, wanted, ledger)
-    ids = sorted(set(transfer_ids))
+    ids = padded(sorted(set(transfer_ids)))
     if ids:
         params = {f"t{i}": transfer_id for i, transfer_id in enumerate(ids)}
         for row in await conn.execute(_select_transfers(len(ids)), params):
@@ -219,20 +239,33 @@ def _empty_account_row(account: AccountId) -> dict[str, Any]:
 
 async def _read_accounts(conn: AsyncConnection, wanted: list[AccountId], ledger: Ledger) -> None:
     params: dict[str, str] = {}
-    for i, a in enumerate(wanted):
+    asked = padded(wanted)
+    for i, a in enumerate(asked):
         params.update({f"c{i}": a.chain_id, f"a{i}": a.address, f"k{i}": a.kind.value})
-    for row in await conn.execute(_select_accounts(len(wanted)), params):
+    for row in await conn.execute(_select_accounts(len(asked)), params):
         account = AccountId(row.chain_id, row.address, AccountKind(row.kind))
         ledger.balances[account] = row.balance_uait
 
 
-async def _load_hold(conn: AsyncConnection, hold_id: str) -> Hold | None:
-    row = (await conn.execute(_SELECT_HOLD, {"h_id": hold_id})).first()
-    if row is None:
-        return None
+def _hold_from_row(row: Any) -> Hold:
     return Hold(
         row.hold_id, row.chain_id, row.address, row.amount_uait, HoldStatus(row.status), row.job_id
     )
+
+
+async def _load_hold(conn: AsyncConnection, hold_id: str) -> Hold | None:
+    row = (await conn.execute(_SELECT_HOLD, {"h_id": hold_id})).first()
+    return None if row is None else _hold_from_row(row)
+
+
+async def _load_holds(conn: AsyncConnection, hold_ids: Iterable[str]) -> dict[str, Hold]:
+    """The holds that exist among `hold_ids`, locked (in id order) on PostgreSQL."""
+    ids = padded(sorted(set(hold_ids)))
+    if not ids:
+        return {}
+    params = {f"h{i}": hold_id for i, hold_id in enumerate(ids)}
+    rows = await conn.execute(_select_holds(len(ids)), params)
+    return {row.hold_id: _hold_from_row(row) for row in rows}
 
 
 async def _save(conn: AsyncConnection, ledger: Ledger, now_ms: int) -> None:
@@ -269,25 +302,29 @@ async def _save(conn: AsyncConnection, ledger: Ledger, now_ms: int) -> None:
                 for a in sorted(ledger.changed_accounts)
             ],
         )
-    for hold_id in sorted(ledger.changed_holds):
-        hold = ledger.holds[hold_id]
-        if hold.status == HoldStatus.PENDING:
-            await conn.execute(
-                _INSERT_HOLD,
-                {
-                    "hold_id": hold.hold_id,
-                    "chain_id": hold.chain_id,
-                    "address": hold.address,
-                    "amount_uait": hold.amount_uait,
-                    "status": hold.status.value,
-                    "job_id": hold.job_id,
-                    "created_at_ms": now_ms,
-                },
-            )
-        else:
-            await conn.execute(
-                _RESOLVE_HOLD, {"h_id": hold_id, "h_status": hold.status.value, "h_at": now_ms}
-            )
+    changed = [ledger.holds[hold_id] for hold_id in sorted(ledger.changed_holds)]
+    created = [
+        {
+            "hold_id": hold.hold_id,
+            "chain_id": hold.chain_id,
+            "address": hold.address,
+            "amount_uait": hold.amount_uait,
+            "status": hold.status.value,
+            "job_id": hold.job_id,
+            "created_at_ms": now_ms,
+        }
+        for hold in changed
+        if hold.status == HoldStatus.PENDING
+    ]
+    if created:
+        await conn.execute(_INSERT_HOLD, created)
+    resolved = [
+        {"h_id": hold.hold_id, "h_status": hold.status.value, "h_at": now_ms}
+        for hold in changed
+        if hold.status != HoldStatus.PENDING
+    ]
+    if resolved:
+        await conn.execute(_RESOLVE_HOLD, resolved)
     for hold_id in sorted(ledger.grown_holds):
         amount = ledger.holds[hold_id].amount_uait
         await conn.execute(_GROW_HOLD, {"h_id": hold_id, "h_amount": amount})
@@ -308,15 +345,38 @@ async def mint(
     return result
 
 
+@dataclass(frozen=True)
+class HoldRequest:
+    """Move `amount_uait` of `address`'s available balance into escrow for `job_id`."""
+
+    job_id: str
+    chain_id: str
+    address: str
+    amount_uait: int
+
+
 async def hold(
     conn: AsyncConnection, job_id: str, chain_id: str, address: str, amount_uait: int, now_ms: int
 ) -> Result:
-    hold_id = hold_id_for(job_id)
-    # A replay is answered from the transfer id alone; the hold row is not needed.
-    ledger = await _load(conn, [available(chain_id, address), escrow(chain_id, address)], [hold_id])
-    result = ledger.hold(job_id, chain_id, address, amount_uait, now_ms)
-    await _save(conn, ledger, now_ms)
+    [result] = await hold_many(conn, [HoldRequest(job_id, chain_id, address, amount_uait)], now_ms)
     return result
+
+
+async def hold_many(
+    conn: AsyncConnection, requests: Sequence[HoldRequest], now_ms: int
+) -> list[Result]:
+    """Several holds with one statement per table, applied in order (a refused one changes
+    nothing; a later one of the same client sees what the earlier ones took)."""
+    accounts: list[AccountId] = []
+    for r in requests:
+        accounts += [available(r.chain_id, r.address), escrow(r.chain_id, r.address)]
+    # A replay is answered from the transfer id alone; the hold row is not needed.
+    ledger = await _load(conn, accounts, [hold_id_for(r.job_id) for r in requests])
+    results = [
+        ledger.hold(r.job_id, r.chain_id, r.address, r.amount_uait, now_ms) for r in requests
+    ]
+    await _save(conn, ledger, now_ms)
+    return results
 
 
 async def top_up(
@@ -334,6 +394,17 @@ async def top_up(
     return result
 
 
+@dataclass(frozen=True)
+class PostRequest:
+    """One completed job's settlement: pay `miner_address` the metered cost (capped at the
+    hold), less `fee_bps` to the treasury; the rest back to the client."""
+
+    job_id: str
+    miner_address: str
+    cost_uait: int
+    fee_bps: int
+
+
 async def post(
     conn: AsyncConnection,
     job_id: str,
@@ -343,20 +414,39 @@ async def post(
     now_ms: int,
 ) -> Settlement:
     """Settle a completed job's hold: miner paid (capped), fee, rest back to the client."""
-    held = await _load_hold(conn, hold_id_for(job_id))
-    if held is None:
-        return Settlement(Result.HOLD_NOT_FOUND)
-    accounts = [
-        escrow(held.chain_id, held.address),
-        available(held.chain_id, held.address),
-        available(held.chain_id, miner_address),
-        available(held.chain_id, TREASURY_ADDRESS),
-    ]
-    ids = [f"{kind}:{job_id}" for kind in ("pay", "fee", "refund")]
-    ledger = await _load(conn, accounts, ids, [held])
-    settlement = ledger.post(job_id, miner_address, cost_uait, fee_bps, now_ms)
-    await _save(conn, ledger, now_ms)
+    [settlement] = await post_many(
+        conn, [PostRequest(job_id, miner_address, cost_uait, fee_bps)], now_ms
+    )
     return settlement
+
+
+async def post_many(
+    conn: AsyncConnection, requests: Sequence[PostRequest], now_ms: int
+) -> list[Settlement]:
+    """Settle several jobs' holds with one statement per table however many there are
+    (the jobs of one client or one miner share accounts: each is read and written once).
+    Each request is its own linked post: one that is refused changes nothing, the others
+    still apply. Settlements in request order."""
+    holds = await _load_holds(conn, [hold_id_for(r.job_id) for r in requests])
+    accounts: list[AccountId] = []
+    ids: list[str] = []
+    for r in requests:
+        held = holds.get(hold_id_for(r.job_id))
+        if held is None:
+            continue
+        accounts += [
+            escrow(held.chain_id, held.address),
+            available(held.chain_id, held.address),
+            available(held.chain_id, r.miner_address),
+            available(held.chain_id, TREASURY_ADDRESS),
+        ]
+        ids += [f"{kind}:{r.job_id}" for kind in ("pay", "fee", "refund")]
+    ledger = await _load(conn, accounts, ids, list(holds.values()))
+    settlements = [
+        ledger.post(r.job_id, r.miner_address, r.cost_uait, r.fee_bps, now_ms) for r in requests
+    ]
+    await _save(conn, ledger, now_ms)
+    return settlements
 
 
 async def void(conn: AsyncConnection, job_id: str, now_ms: int) -> Settlement:

@@ -141,6 +141,28 @@ def machine_for(loop: Loop, db: Database, counters: dict[str, int]) -> type[Rule
             got = self.write(lambda c: store.post(c, job, miner, cost, fee_bps, 4))
             _same_settlement(got, expected)
 
+        @rule(
+            posts=st.lists(
+                st.tuples(
+                    st.one_of(jobs, st.just("job_never_held")),
+                    st.sampled_from(ADDRESSES),
+                    st.integers(0, 4_000_000),
+                    st.sampled_from([0, 250, 10_000]),
+                ),
+                min_size=1,
+                max_size=6,
+            )
+        )
+        def post_many(self, posts: list[tuple[str, str, int, int]]) -> None:
+            """One statement per table for several posts (a job may repeat, with the same
+            or other fields): each answers what posting them one by one would."""
+            self.step()
+            expected = [self.model.post(job, m, cost, fee, 4) for job, m, cost, fee in posts]
+            requests = [store.PostRequest(*post) for post in posts]
+            got = self.write(lambda c: store.post_many(c, requests, 4))
+            for one, model in zip(got, expected, strict=True):
+                _same_settlement(one, model)
+
         @rule(job=jobs)
         def void(self, job: str) -> None:
             self.step()
