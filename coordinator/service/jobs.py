@@ -30,6 +30,7 @@ from protocol.timefmt import now_ms
 
 jobs = schema.jobs
 _INSERT_JOB = jobs.insert()  # built once: every submit runs it
+_INSERT_FILE = schema.files.insert()
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ async def submit(
     upload: FileUpload | None = None,
 ) -> Job:
     """Accept a job: price it, insert it and hold its estimate in escrow, in one commit."""
-    from coordinator.service.files import insert_file, new_file_row
+    from coordinator.service.files import new_file_row
 
     now = now_ms()
     job_id = new_job_id()
@@ -151,30 +152,59 @@ async def submit(
             detail = f"no miner could run this job: {reason}"
             raise ValidationFailed([("model", reason)], detail=detail)
 
-    async def op(conn: AsyncConnection) -> Job:
-        if file_row is not None:
-            await insert_file(conn, file_row)
-        await conn.execute(_INSERT_JOB, _row_of(job))
-        result = await ledger_store.hold(
-            conn, job_id, job.chain_id, job.client_address, job.estimated_cost_uait, now
+    available_uait = await core.db.write_coalesced(admit_many, Admission(job, file_row))
+    if available_uait is not None:
+        raise InsufficientFunds(
+            f"the job's estimated cost {format_ait(job.estimated_cost_uait)} AIT exceeds "
+            f"the available balance {format_ait(available_uait)} AIT of "
+            f"{job.client_address} on {job.chain_id}",
+            estimated_cost=job.estimated_cost_uait / 1e6,
+            available=available_uait / 1e6,
         )
-        if result == Result.EXCEEDS_AVAILABLE:
-            bal = await ledger_store.balance(conn, job.chain_id, job.client_address)
-            raise InsufficientFunds(
-                f"the job's estimated cost {format_ait(job.estimated_cost_uait)} AIT exceeds "
-                f"the available balance {format_ait(bal.available_uait)} AIT of "
-                f"{job.client_address} on {job.chain_id}",
-                estimated_cost=job.estimated_cost_uait / 1e6,
-                available=bal.available_uait / 1e6,
-            )
-        if result != Result.CREATED:
-            raise RuntimeError(f"hold for {job_id} answered {result}")
-        return job
-
-    await core.db.write(op)
     core.bus.publish(job_id, {"type": "status", "status": "queued", "progress": 0}, job=job)
     core.bus.wake()
     return job
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A priced job to insert with its escrow hold (and its uploaded input, if any)."""
+
+    job: Job
+    file_row: dict[str, Any] | None
+
+
+async def admit_many(conn: AsyncConnection, admissions: Sequence[Admission]) -> list[int | None]:
+    """Hold each job's estimate and insert the jobs whose hold was made, with one statement
+    per table for all of them (submits that arrive together). Per admission: None when
+    admitted, else the client's available balance, which could not cover the estimate
+    (nothing of that job is written)."""
+    now = now_ms()
+    holds = [
+        ledger_store.HoldRequest(
+            a.job.job_id, a.job.chain_id, a.job.client_address, a.job.estimated_cost_uait
+        )
+        for a in admissions
+    ]
+    results = await ledger_store.hold_many(conn, holds, now)
+    answers: list[int | None] = []
+    admitted = []
+    for admission, result in zip(admissions, results, strict=True):
+        job = admission.job
+        if result == Result.EXCEEDS_AVAILABLE:
+            bal = await ledger_store.balance(conn, job.chain_id, job.client_address)
+            answers.append(bal.available_uait)
+        elif result == Result.CREATED:
+            answers.append(None)
+            admitted.append(admission)
+        else:
+            raise RuntimeError(f"hold for {job.job_id} answered {result}")
+    files = [a.file_row for a in admitted if a.file_row is not None]
+    if files:
+        await conn.execute(_INSERT_FILE, files)
+    if admitted:
+        await conn.execute(_INSERT_JOB, [_row_of(a.job) for a in admitted])
+    return answers
 
 
 async def _file_info(conn: AsyncConnection, file_id: str, owner: str) -> tuple[int, str]:

@@ -11,18 +11,20 @@ paid for a job twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import replace
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chain import store as ledger_store
 from chain.ledger import Result
+from chain.store import padded
 from coordinator.db import schema
-from coordinator.domain.jobs import TERMINAL, Job, JobStatus
+from coordinator.domain.jobs import TERMINAL, Job, JobStatus, can_transition
 from coordinator.service.core import Core
 from coordinator.service.jobstate import (
     Change,
@@ -83,11 +85,39 @@ async def list_queued(core: Core, limit: int = 500) -> list[Job]:
         return [job_from_row(row) for row in await conn.execute(_QUEUED, {"q_limit": limit})]
 
 
-# Built once: every claim runs one.
-_CLAIMABLE = select(*JOB_COLUMNS).where(
-    jobs.c.job_id == bindparam("c_job_id"), jobs.c.status == JobStatus.QUEUED.value
+# Per number of job ids (`padded`), built once: each claim batch runs one.
+@functools.cache
+def _claimable(count: int, skip_locked: bool) -> Any:
+    query = (
+        select(*JOB_COLUMNS)
+        .where(
+            jobs.c.job_id.in_([bindparam(f"c{i}") for i in range(count)]),
+            jobs.c.status == JobStatus.QUEUED.value,
+        )
+        .order_by(jobs.c.job_id)
+    )
+    return query.with_for_update(skip_locked=True) if skip_locked else query
+
+
+_CLAIM_COLUMNS = (
+    "status",
+    "miner_id",
+    "miner_address",
+    "attempts",
+    "lease_expires_at_ms",
+    "started_at_ms",
+    "progress",
+    "progress_message",
+    "extra",
+    "estimated_cost_uait",
+    "estimated_units",
+    "updated_at_ms",
 )
-_CLAIMABLE_PG = _CLAIMABLE.with_for_update(skip_locked=True)
+_MARK_CLAIMED = (
+    update(jobs)
+    .where(jobs.c.job_id == bindparam("v_job_id"))
+    .values({name: bindparam(f"v_{name}") for name in _CLAIM_COLUMNS})
+)
 
 # Built once: every dispatch round runs it.
 _QUEUED = (
@@ -130,6 +160,15 @@ async def job_input(core: Core, job: Job) -> Any:
 
 
 # -- claims and leases -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClaimRequest:
+    job_id: str
+    miner: MinerIdentity
+    price_uait_per_unit: int
+    unit: str
+    lease_ms: int
+
+
 async def claim_job(
     core: Core, job_id: str, miner: MinerIdentity, price_uait_per_unit: int, unit: str
 ) -> Job | None:
@@ -143,54 +182,86 @@ async def claim_job(
     (transfer `hold:{job_id}:{attempt}`) in the same commit and `estimated_cost` follows;
     without enough available balance nothing changes and the job stays queued
     (docs/pricing.md). The dispatcher plans with the client's balance, so that case is
-    only a race between two claims of one client."""
+    only a race between two claims of one client.
 
-    async def op(conn: AsyncConnection) -> Job | None:
-        query = _CLAIMABLE_PG if conn.dialect.name == "postgresql" else _CLAIMABLE
-        row = (await conn.execute(query, {"c_job_id": job_id})).first()
-        if row is None:
-            return None
-        job = job_from_row(row)
-        now = now_ms()
-        if job.deadline_ms <= now:
-            return None
-        attempt = job.attempts + 1
-        extra = {**job.extra, "price_uait_per_unit": price_uait_per_unit, "unit": unit}
-        values: dict[str, Any] = {}
-        units = job.units_in(unit)
-        cost = price_uait_per_unit * units
-        if job.max_price_uait is not None:
-            cost = min(cost, job.max_price_uait)
-        if cost > job.estimated_cost_uait:
-            top_up = cost - job.estimated_cost_uait
-            result = await ledger_store.top_up(conn, job_id, attempt, top_up, now)
-            if result == Result.EXCEEDS_AVAILABLE:
-                return None
-            if not result.ok:
-                raise RuntimeError(f"escrow top-up for {job_id} answered {result}")
-            values = {"estimated_cost_uait": cost, "estimated_units": units}
-            extra.update(estimate_unit=unit, estimate_price_uait_per_unit=price_uait_per_unit)
-        return await update_job(
-            conn,
-            job_id,
-            current=job.status,
-            status=JobStatus.RUNNING.value,
-            miner_id=miner.miner_id,
-            miner_address=miner.address,
-            attempts=attempt,
-            lease_expires_at_ms=now + int(core.settings.lease_seconds * 1000),
-            started_at_ms=job.started_at_ms or now,
-            progress=0,
-            progress_message=None,
-            extra=dumps(extra),
-            updated_at_ms=now,
-            **values,
-        )
-
-    job = await core.db.write(op)
+    Claims made together (a dispatch round's) are written by one operation (`claim_many`).
+    """
+    lease_ms = int(core.settings.lease_seconds * 1000)
+    request = ClaimRequest(job_id, miner, price_uait_per_unit, unit, lease_ms)
+    job = await core.db.write_coalesced(claim_many, request)
     if job is not None:
         core.bus.publish(job.job_id, status_event(job), job=job)
     return job
+
+
+async def claim_many(conn: AsyncConnection, requests: Sequence[ClaimRequest]) -> list[Job | None]:
+    """Claims in the caller's transaction, judged in order as if made one after the other
+    (a job goes to the first request for it), with one read and one write of the jobs
+    table for all of them. On PostgreSQL rows another process holds are skipped: that
+    claim is lost, not waited for."""
+    ids = padded(sorted({r.job_id for r in requests if "\x00" not in r.job_id}))
+    queued: dict[str, Job] = {}
+    if ids:
+        query = _claimable(len(ids), conn.dialect.name == "postgresql")
+        rows = await conn.execute(query, {f"c{i}": job_id for i, job_id in enumerate(ids)})
+        queued = {job.job_id: job for job in map(job_from_row, rows)}
+    now = now_ms()
+    claimed: list[Job | None] = []
+    for request in requests:
+        job = queued.get(request.job_id)
+        lease = None if job is None else await _lease(conn, job, request, now)
+        if lease is not None:
+            del queued[request.job_id]  # a later request for it finds it taken
+        claimed.append(lease)
+    updates = [_claim_row(job) for job in claimed if job is not None]
+    if updates:
+        await conn.execute(_MARK_CLAIMED, updates)
+    return claimed
+
+
+async def _lease(conn: AsyncConnection, job: Job, request: ClaimRequest, now: int) -> Job | None:
+    """The job as this claim leaves it (escrow topped up if this miner costs more than is
+    held), or None: past its deadline, or the client cannot fund this miner."""
+    if job.deadline_ms <= now:
+        return None
+    price, unit = request.price_uait_per_unit, request.unit
+    attempt = job.attempts + 1
+    extra = {**job.extra, "price_uait_per_unit": price, "unit": unit}
+    estimate: dict[str, Any] = {}
+    units = job.units_in(unit)
+    cost = price * units
+    if job.max_price_uait is not None:
+        cost = min(cost, job.max_price_uait)
+    if cost > job.estimated_cost_uait:
+        top_up = cost - job.estimated_cost_uait
+        result = await ledger_store.top_up(conn, job.job_id, attempt, top_up, now)
+        if result == Result.EXCEEDS_AVAILABLE:
+            return None
+        if not result.ok:
+            raise RuntimeError(f"escrow top-up for {job.job_id} answered {result}")
+        estimate = {"estimated_cost_uait": cost, "estimated_units": units}
+        extra.update(estimate_unit=unit, estimate_price_uait_per_unit=price)
+    assert can_transition(job.status, JobStatus.RUNNING), job.status
+    return replace(
+        job,
+        status=JobStatus.RUNNING,
+        miner_id=request.miner.miner_id,
+        miner_address=request.miner.address,
+        attempts=attempt,
+        lease_expires_at_ms=now + request.lease_ms,
+        started_at_ms=job.started_at_ms or now,
+        progress=0,
+        progress_message=None,
+        extra=extra,
+        updated_at_ms=now,
+        **estimate,
+    )
+
+
+def _claim_row(job: Job) -> dict[str, Any]:
+    row = {f"v_{name}": getattr(job, name) for name in _CLAIM_COLUMNS}
+    row.update(v_status=job.status.value, v_extra=dumps(job.extra), v_job_id=job.job_id)
+    return row
 
 
 async def renew_lease(core: Core, job_id: str, miner_id: str) -> Job | None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from chain.store import padded
 from coordinator.db import schema
 from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
 from protocol.money import uait_to_ait
@@ -83,6 +85,28 @@ async def load_job(conn: AsyncConnection, job_id: str, *, lock: bool = False) ->
     query = _LOAD_JOB_LOCKED if lock else _LOAD_JOB
     row = (await conn.execute(query, {"job_id": job_id})).first()
     return None if row is None else job_from_row(row)
+
+
+@functools.cache
+def _load_jobs_locked(count: int) -> Any:
+    # Plain bind parameters per count (an expanding IN is re-rendered on every execution);
+    # rows locked in id order on PostgreSQL, one order for every batch.
+    return (
+        select(*JOB_COLUMNS)
+        .where(schema.jobs.c.job_id.in_([bindparam(f"j{i}") for i in range(count)]))
+        .order_by(schema.jobs.c.job_id)
+        .with_for_update()
+    )
+
+
+async def load_jobs_locked(conn: AsyncConnection, job_ids: Iterable[str]) -> dict[str, Job]:
+    """The jobs that exist among `job_ids`, by id, locked FOR UPDATE on PostgreSQL."""
+    ids = padded(sorted({job_id for job_id in job_ids if "\x00" not in job_id}))
+    if not ids:
+        return {}
+    params = {f"j{i}": job_id for i, job_id in enumerate(ids)}
+    rows = await conn.execute(_load_jobs_locked(len(ids)), params)
+    return {job.job_id: job for job in map(job_from_row, rows)}
 
 
 def _ait(uait: int | None) -> float | None:

@@ -3,7 +3,9 @@ receipt, output and ledger settlement written in one commit."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chain import store as ledger_store
 from chain.ledger import Result
 from coordinator.db import schema
-from coordinator.domain.jobs import Job, JobStatus
+from coordinator.domain.jobs import Job, JobStatus, can_transition
 from coordinator.service import throughput
 from coordinator.service.core import Core
 from coordinator.service.jobstate import (
@@ -22,13 +24,8 @@ from coordinator.service.jobstate import (
     clean_text,
     publish_change,
     running_for,
-    update_job,
 )
-from coordinator.service.records import (
-    INLINE_RESULT_BYTES,
-    dumps,
-    load_job,
-)
+from coordinator.service.records import INLINE_RESULT_BYTES, dumps, load_jobs_locked
 from protocol.canonical import sha256_hex
 from protocol.timefmt import now_ms
 
@@ -58,13 +55,50 @@ def _result_value(output: bytes, content_type: str, summary: Mapping[str, Any], 
     }
 
 
-# Built once (each completion runs them; see update_job).
+# Built once (each completion batch runs them).
 _INSERT_RECEIPT = schema.receipts.insert()
 _COUNT_COMPLETED = (
     update(schema.miners)
     .where(schema.miners.c.miner_id == bindparam("m_id"))
-    .values(jobs_completed=schema.miners.c.jobs_completed + 1, last_seen_ms=bindparam("m_now"))
+    .values(
+        jobs_completed=schema.miners.c.jobs_completed + bindparam("m_count"),
+        last_seen_ms=bindparam("m_now"),
+    )
 )
+_COMPLETED_COLUMNS = (
+    "status",
+    "progress",
+    "cost_uait",
+    "completed_at_ms",
+    "lease_expires_at_ms",
+    "result",
+    "output",
+    "output_sha256",
+    "output_content_type",
+    "output_filename",
+    "output_size",
+    "updated_at_ms",
+)
+_MARK_COMPLETED = (
+    update(jobs)
+    .where(jobs.c.job_id == bindparam("v_job_id"))
+    .values({name: bindparam(f"v_{name}") for name in _COMPLETED_COLUMNS})
+)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A verified result to settle: what `complete_job` was given."""
+
+    job_id: str
+    miner_id: str
+    receipt: Mapping[str, Any]
+    signature: Mapping[str, str]
+    output: bytes
+    content_type: str
+    filename: str
+    summary: Mapping[str, Any]
+    fee_bps: int
 
 
 async def complete_job(
@@ -86,68 +120,141 @@ async def complete_job(
     payee, input hash, output hash, price recorded at claim, attempt); a mismatch answers
     `REJECTED`. The cost is the receipt's `cost_uait` capped at the escrow; the miner is
     paid it less the fee. A retry of an already settled result answers `EXISTS`.
+
+    Completions that arrive together are settled by one operation (`complete_many`).
     """
-
-    async def op(conn: AsyncConnection) -> Change:
-        job = await load_job(conn, job_id, lock=True)
-        if job is None:
-            return Change(Outcome.STALE, None, "no such job")
-        if job.status == JobStatus.COMPLETED and job.miner_id == miner_id:
-            stored = (
-                await conn.execute(
-                    select(schema.receipts.c.receipt).where(schema.receipts.c.job_id == job_id)
-                )
-            ).scalar()
-            if stored is not None and orjson.loads(stored) == dict(receipt):
-                return Change(Outcome.EXISTS, job)
-            return Change(Outcome.STALE, job, "job already completed")
-        if not running_for(job, miner_id):
-            return Change(Outcome.STALE, job, f"job is {job.status.value}, not leased to you")
-        problem = _receipt_mismatch(job, receipt, output)
-        if problem is not None:
-            return Change(Outcome.REJECTED, job, problem)
-        now = now_ms()
-        cost = int(receipt["cost_uait"])
-        settlement = await ledger_store.post(
-            conn, job_id, job.miner_address or "", cost, core.settings.fee_bps, now
-        )
-        if settlement.result != Result.CREATED:
-            raise RuntimeError(f"settlement of {job_id} answered {settlement.result}")
-        await conn.execute(
-            _INSERT_RECEIPT,
-            {
-                "job_id": job_id,
-                "chain_id": job.chain_id,
-                "receipt": dumps(dict(receipt)),
-                "signature": dumps(dict(signature)),
-                "created_at_ms": now,
-            },
-        )
-        await conn.execute(_COUNT_COMPLETED, {"m_id": miner_id, "m_now": now})
-        url = f"/v1/jobs/{job_id}/download"
-        done = await update_job(
-            conn,
-            job_id,
-            current=job.status,
-            status=JobStatus.COMPLETED.value,
-            progress=100,
-            cost_uait=settlement.charged_uait,
-            completed_at_ms=now,
-            lease_expires_at_ms=None,
-            result=dumps(_result_value(output, content_type, summary, url)),
-            output=output,
-            output_sha256=sha256_hex(output),
-            output_content_type=clean_text(content_type, 200),
-            output_filename=clean_text(filename, 255),
-            output_size=len(output),
-            updated_at_ms=now,
-        )
-        return Change(Outcome.OK, done, None, settlement)
-
-    change = publish_change(core, await core.db.write(op))
+    completion = Completion(
+        job_id,
+        miner_id,
+        receipt,
+        signature,
+        output,
+        content_type,
+        filename,
+        summary,
+        core.settings.fee_bps,
+    )
+    change = publish_change(core, await core.db.write_coalesced(complete_many, completion))
     if change.outcome == Outcome.OK and change.job is not None:
         throughput.forget(core, change.job.model)
     return change
+
+
+async def complete_many(conn: AsyncConnection, completions: Sequence[Completion]) -> list[Change]:
+    """Settle `completions` in the caller's transaction with one statement per table for
+    all of them (their jobs, holds and accounts read once and locked in one order). Each
+    is judged alone, in order, as if settled one after the other; one per job at most
+    completes it. A settlement the ledger refuses raises: the coalescer then settles each
+    alone, so only that one fails."""
+    found = await load_jobs_locked(conn, (c.job_id for c in completions))
+    settled: dict[str, Mapping[str, Any]] = {}  # receipts accepted earlier in this batch
+    changes: list[Change | None] = []
+    accepted: list[tuple[int, Completion, Job]] = []
+    for completion in completions:
+        job = found.get(completion.job_id)
+        change = await _refusal(conn, job, completion, settled)
+        changes.append(change)
+        if change is None:
+            assert job is not None
+            accepted.append((len(changes) - 1, completion, job))
+            settled[job.job_id] = completion.receipt
+            found[job.job_id] = replace(job, status=JobStatus.COMPLETED)
+    if not accepted:
+        return [c for c in changes if c is not None]
+    now = now_ms()
+    posts = [
+        ledger_store.PostRequest(
+            job.job_id, job.miner_address or "", int(c.receipt["cost_uait"]), c.fee_bps
+        )
+        for _, c, job in accepted
+    ]
+    settlements = await ledger_store.post_many(conn, posts, now)
+    for post, settlement in zip(posts, settlements, strict=True):
+        if settlement.result != Result.CREATED:
+            raise RuntimeError(f"settlement of {post.job_id} answered {settlement.result}")
+    await conn.execute(
+        _INSERT_RECEIPT,
+        [
+            {
+                "job_id": job.job_id,
+                "chain_id": job.chain_id,
+                "receipt": dumps(dict(c.receipt)),
+                "signature": dumps(dict(c.signature)),
+                "created_at_ms": now,
+            }
+            for _, c, job in accepted
+        ],
+    )
+    per_miner = Counter(c.miner_id for _, c, _ in accepted)
+    await conn.execute(
+        _COUNT_COMPLETED,
+        [{"m_id": m, "m_count": n, "m_now": now} for m, n in sorted(per_miner.items())],
+    )
+    rows = []
+    for (index, completion, job), settlement in zip(accepted, settlements, strict=True):
+        assert can_transition(job.status, JobStatus.COMPLETED), job.status
+        done = _completed(job, completion, settlement.charged_uait, now)
+        rows.append(_completed_row(done, completion.output))
+        changes[index] = Change(Outcome.OK, done, None, settlement)
+    await conn.execute(_MARK_COMPLETED, rows)
+    return [c for c in changes if c is not None]
+
+
+async def _refusal(
+    conn: AsyncConnection,
+    job: Job | None,
+    completion: Completion,
+    settled: Mapping[str, Mapping[str, Any]],
+) -> Change | None:
+    """Why this completion changes nothing (a Change that is not OK), or None: settle it."""
+    if job is None:
+        return Change(Outcome.STALE, None, "no such job")
+    if job.status == JobStatus.COMPLETED and job.miner_id == completion.miner_id:
+        stored = settled.get(job.job_id)
+        if stored is None:
+            text = (
+                await conn.execute(
+                    select(schema.receipts.c.receipt).where(schema.receipts.c.job_id == job.job_id)
+                )
+            ).scalar()
+            stored = None if text is None else orjson.loads(text)
+        if stored is not None and dict(stored) == dict(completion.receipt):
+            return Change(Outcome.EXISTS, job)
+        return Change(Outcome.STALE, job, "job already completed")
+    if not running_for(job, completion.miner_id):
+        return Change(Outcome.STALE, job, f"job is {job.status.value}, not leased to you")
+    problem = _receipt_mismatch(job, completion.receipt, completion.output)
+    if problem is not None:
+        return Change(Outcome.REJECTED, job, problem)
+    return None
+
+
+def _completed(job: Job, completion: Completion, charged_uait: int, now: int) -> Job:
+    """The job as its completion leaves it (what the row update writes)."""
+    output = completion.output
+    url = f"/v1/jobs/{job.job_id}/download"
+    return replace(
+        job,
+        status=JobStatus.COMPLETED,
+        progress=100,
+        cost_uait=charged_uait,
+        completed_at_ms=now,
+        lease_expires_at_ms=None,
+        result=_result_value(output, completion.content_type, completion.summary, url),
+        output_sha256=sha256_hex(output),
+        output_content_type=clean_text(completion.content_type, 200),
+        output_filename=clean_text(completion.filename, 255),
+        output_size=len(output),
+        updated_at_ms=now,
+    )
+
+
+def _completed_row(done: Job, output: bytes) -> dict[str, Any]:
+    values = {name: getattr(done, name, None) for name in _COMPLETED_COLUMNS}
+    values.update(status=done.status.value, result=dumps(done.result), output=output)
+    row = {f"v_{name}": value for name, value in values.items()}
+    row["v_job_id"] = done.job_id
+    return row
 
 
 def _receipt_mismatch(job: Job, receipt: Mapping[str, Any], output: bytes) -> str | None:
