@@ -105,15 +105,32 @@ def self_cpu_seconds() -> float:
 
 
 async def scrape_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """The coordinator's own counters (group-commit batches and writes) from /metrics."""
-    wanted = ("ait_db_commits_total", "ait_db_writes_total")
+    """The coordinator's own counters from /metrics: group-commit transactions and writes,
+    and coalesced requests and writes (by `name{labels}`)."""
+    wanted = ("ait_db_commits_total", "ait_db_writes_total", "ait_db_coalesced_")
     out: dict[str, float] = {}
     with contextlib.suppress(aiohttp.ClientError):
         async with session.get(url + "/metrics") as response:
             for line in (await response.text()).splitlines():
                 name, _, value = line.partition(" ")
-                if name in wanted:
+                if name.startswith(wanted):
                     out[name] = float(value)
+    return out
+
+
+def requests_per_coalesced_write(
+    before: dict[str, float], after: dict[str, float]
+) -> dict[str, float]:
+    """Submits, claims and results written per coalesced operation in the window."""
+    out = {}
+    for name, value in after.items():
+        if not name.startswith("ait_db_coalesced_requests_total{kind="):
+            continue
+        kind = name.split('"')[1]
+        writes_name = name.replace("_requests_", "_writes_")
+        writes = after.get(writes_name, 0) - before.get(writes_name, 0)
+        if writes:
+            out[kind] = round((value - before.get(name, 0)) / writes, 1)
     return out
 
 
@@ -403,6 +420,9 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
             "peak_rss_mib": round(after["peak_rss_mib"], 1),
             "group_commits": int(commits),
             "writes_per_commit": round(writes / commits, 1) if commits else None,
+            "requests_per_coalesced_write": requests_per_coalesced_write(
+                metrics_before, metrics_after
+            ),
         },
         # CPU time per job settled in the window: steadier than jobs/s on a shared machine.
         cpu_ms_per_settled_job={

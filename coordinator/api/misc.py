@@ -101,6 +101,18 @@ async def metrics(request: web.Request) -> web.Response:
     gauges.append(
         ("ait_db_writes_total", "counter", "Write operations committed.", {}, writer.operations)
     )
+    coalescers = sorted(core.db.coalescers().items())
+    for family, help_text, counter in (  # each family's lines together
+        (
+            "ait_db_coalesced_requests_total",
+            "Requests written by coalesced operations.",
+            "requests",
+        ),
+        ("ait_db_coalesced_writes_total", "Coalesced operations committed.", "operations"),
+    ):
+        for name, coalescer in coalescers:
+            value = getattr(coalescer, counter)
+            gauges.append((family, "counter", help_text, {"kind": name}, value))
     registry = request.app.get(MINER_REGISTRY)
     if registry is not None:
         gauges.append(

@@ -134,6 +134,8 @@ async def test_operations_endpoints_need_no_key(
     assert 'ait_http_requests_total{method="GET",route="/v1/me",status="200"} 1' in text
     assert 'ait_jobs{status="queued"} 1' in text
     assert "# TYPE ait_jobs gauge" in text
+    assert 'ait_db_coalesced_requests_total{kind="admit_many"} 1' in text
+    assert 'ait_db_coalesced_writes_total{kind="admit_many"} 1' in text
     status, doc, _ = await call(http, "GET", base + "/v1/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.1")
 
