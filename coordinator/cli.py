@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -14,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from coordinator.settings import Settings, SettingsError, load_settings
+from protocol.logfmt import log_to_stderr
 
 T = TypeVar("T")
 
@@ -93,7 +93,9 @@ def serve(
         list[str] | None,
         typer.Option("--rate-limit", help="ROLE:PER_MINUTE:PER_HOUR (repeatable; 0 = none)"),
     ] = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug|info|warning|error")
+    ] = "info",
 ) -> None:
     """Serve the REST API and the miner hub."""
     settings = _settings(
@@ -112,11 +114,10 @@ def serve(
         chains=chains,
         rate_limits=rate_limit or None,
     )
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        log_to_stderr(log_level)
+    except ValueError:
+        _fail(f"unknown --log-level {log_level!r} (debug, info, warning, error)")
     try:
         _run(_serve(settings))
     except OSError as exc:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -23,6 +22,7 @@ from miner.config import ConfigError, MinerSettings, load_settings
 from miner.gpu import DeviceError, probe
 from protocol.gc_tuning import tune_gc_after_startup
 from protocol.keys import KeyFileError
+from protocol.logfmt import log_to_stderr
 from protocol.money import format_ait
 
 app = typer.Typer(
@@ -51,24 +51,9 @@ def _settings(config: Path | None, **flags: Any) -> MinerSettings:
         _fail(str(exc))
 
 
-class _ExtraFormatter(logging.Formatter):
-    """Appends the structured ``extra={...}`` fields the daemon logs as key=value."""
-
-    KEYS = ("job_id", "miner_id", "model", "attempt", "address", "url")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = [f"{k}={getattr(record, k)}" for k in self.KEYS if hasattr(record, k)]
-        return f"{line} {' '.join(extras)}" if extras else line
-
-
 def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ExtraFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
     try:
-        root.setLevel(level.upper())
+        log_to_stderr(level)
     except ValueError:
         _fail(f"unknown --log-level {level!r} (debug, info, warning, error)")
 

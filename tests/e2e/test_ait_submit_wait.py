@@ -151,6 +151,12 @@ def test_ait_submit_wait_prints_the_result_and_exits_0(processes: Processes) -> 
     assert receipt.parent == processes.home / "data" / "ait" / "receipts"
     verified = _run("ait", "receipt", "verify", str(receipt), env=processes.env)
     assert verified.returncode == 0, verified.stderr
+    # The daemons' log lines name the job (and the miner) they are about.
+    job_id = receipt.stem  # saved as <job_id>.json
+    coordinator_log = (processes.home / "coordinator.log").read_text()
+    assert re.search(rf"job assigned job_id={job_id} miner_id=miner_\w+ attempt=1", coordinator_log)
+    assert re.search(rf"job completed job_id={job_id} miner_id=miner_\w+", coordinator_log)
+    assert f"job assigned job_id={job_id}" in (processes.home / "miner.log").read_text()
 
 
 def test_ait_submit_wait_json_is_the_finished_job(processes: Processes) -> None:

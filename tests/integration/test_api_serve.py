@@ -89,3 +89,15 @@ def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert done.stderr.strip() == "error: fee_bps must be 0..10000, got -1"
+
+
+def test_serve_refuses_an_unknown_log_level(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [EXE, "serve", "--data-dir", str(tmp_path), "--port", "0", "--log-level", "loud"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: unknown --log-level 'loud' (debug, info, warning, error)"

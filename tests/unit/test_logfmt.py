@@ -1,0 +1,31 @@
+"""The daemons' log lines carry the fields a call passed in `extra=`."""
+
+from __future__ import annotations
+
+import logging
+
+from protocol.logfmt import LINE_FORMAT, KeyValueFormatter
+
+
+def _record(extra: dict[str, object] | None = None) -> logging.LogRecord:
+    logger = logging.getLogger("coordinator.hub.dispatcher")
+    record = logger.makeRecord(logger.name, logging.INFO, "f.py", 1, "job %s", ("assigned",),
+                               None, extra=extra)  # fmt: skip
+    record.created = 0.0
+    return record
+
+
+def test_extra_fields_follow_the_message_as_key_value() -> None:
+    line = KeyValueFormatter(LINE_FORMAT).format(
+        _record({"job_id": "job_1", "miner_id": "miner_a", "attempt": 2})
+    )
+    assert line.endswith(
+        "INFO coordinator.hub.dispatcher: job assigned job_id=job_1 miner_id=miner_a attempt=2"
+    )
+
+
+def test_a_line_without_extra_fields_is_the_plain_format() -> None:
+    record = _record()
+    assert KeyValueFormatter(LINE_FORMAT).format(record) == logging.Formatter(LINE_FORMAT).format(
+        record
+    )
