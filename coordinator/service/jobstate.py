@@ -3,6 +3,8 @@ values, the row update, and the unsuccessful endings that void the escrow."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -83,28 +85,30 @@ async def update_job(
         )
         row = (await conn.execute(statement)).one()
     else:
-        params = {f"v_{name}": value for name, value in values.items()}
-        params["v_job_id"] = job_id
-        row = (await conn.execute(_update_statement(frozenset(values)), params)).one()
+        statement = update_statement(frozenset(values))
+        row = (await conn.execute(statement, update_params(job_id, values))).one()
     return job_from_row(row)
 
 
 # One statement per set of updated columns, built once: building an UPDATE ... RETURNING of
 # forty columns and its cache key cost more than running it (docs/benchmarks.md).
-_UPDATES: dict[frozenset[str], Any] = {}
+@functools.cache
+def update_statement(columns: frozenset[str], *, returning: bool = True) -> Any:
+    """UPDATE of one job's `columns`, by `update_params`; with RETURNING of the whole row
+    unless `returning` is False (the form executemany takes for a batch of jobs)."""
+    statement = (
+        update(jobs)
+        .where(jobs.c.job_id == bindparam("v_job_id"))
+        .values({name: bindparam(f"v_{name}") for name in sorted(columns)})
+    )
+    return statement.returning(*JOB_COLUMNS) if returning else statement
 
 
-def _update_statement(columns: frozenset[str]) -> Any:
-    statement = _UPDATES.get(columns)
-    if statement is None:
-        statement = (
-            update(jobs)
-            .where(jobs.c.job_id == bindparam("v_job_id"))
-            .values({name: bindparam(f"v_{name}") for name in sorted(columns)})
-            .returning(*JOB_COLUMNS)
-        )
-        _UPDATES[columns] = statement
-    return statement
+def update_params(job_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of `update_statement(frozenset(values))` for one job."""
+    params = {f"v_{name}": value for name, value in values.items()}
+    params["v_job_id"] = job_id
+    return params
 
 
 def clean_text(text: str | None, limit: int) -> str | None:

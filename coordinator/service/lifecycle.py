@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chain import store as ledger_store
@@ -37,6 +37,8 @@ from coordinator.service.jobstate import (
     running_for,
     status_event,
     update_job,
+    update_params,
+    update_statement,
 )
 from coordinator.service.miners import list_registered_miners, upsert_miner
 from coordinator.service.records import (
@@ -113,11 +115,7 @@ _CLAIM_COLUMNS = (
     "estimated_units",
     "updated_at_ms",
 )
-_MARK_CLAIMED = (
-    update(jobs)
-    .where(jobs.c.job_id == bindparam("v_job_id"))
-    .values({name: bindparam(f"v_{name}") for name in _CLAIM_COLUMNS})
-)
+_MARK_CLAIMED = update_statement(frozenset(_CLAIM_COLUMNS), returning=False)
 
 # Built once: every dispatch round runs it.
 _QUEUED = (
@@ -259,9 +257,9 @@ async def _lease(conn: AsyncConnection, job: Job, request: ClaimRequest, now: in
 
 
 def _claim_row(job: Job) -> dict[str, Any]:
-    row = {f"v_{name}": getattr(job, name) for name in _CLAIM_COLUMNS}
-    row.update(v_status=job.status.value, v_extra=dumps(job.extra), v_job_id=job.job_id)
-    return row
+    values = {name: getattr(job, name) for name in _CLAIM_COLUMNS}
+    values.update(status=job.status.value, extra=dumps(job.extra))
+    return update_params(job.job_id, values)
 
 
 async def renew_lease(core: Core, job_id: str, miner_id: str) -> Job | None:

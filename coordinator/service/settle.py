@@ -24,6 +24,8 @@ from coordinator.service.jobstate import (
     clean_text,
     publish_change,
     running_for,
+    update_params,
+    update_statement,
 )
 from coordinator.service.records import INLINE_RESULT_BYTES, dumps, load_jobs_locked
 from protocol.canonical import sha256_hex
@@ -79,11 +81,7 @@ _COMPLETED_COLUMNS = (
     "output_size",
     "updated_at_ms",
 )
-_MARK_COMPLETED = (
-    update(jobs)
-    .where(jobs.c.job_id == bindparam("v_job_id"))
-    .values({name: bindparam(f"v_{name}") for name in _COMPLETED_COLUMNS})
-)
+_MARK_COMPLETED = update_statement(frozenset(_COMPLETED_COLUMNS), returning=False)
 
 
 @dataclass(frozen=True)
@@ -252,9 +250,7 @@ def _completed(job: Job, completion: Completion, charged_uait: int, now: int) ->
 def _completed_row(done: Job, output: bytes) -> dict[str, Any]:
     values = {name: getattr(done, name, None) for name in _COMPLETED_COLUMNS}
     values.update(status=done.status.value, result=dumps(done.result), output=output)
-    row = {f"v_{name}": value for name, value in values.items()}
-    row["v_job_id"] = done.job_id
-    return row
+    return update_params(done.job_id, values)
 
 
 def _receipt_mismatch(job: Job, receipt: Mapping[str, Any], output: bytes) -> str | None:

@@ -77,27 +77,21 @@ def test_serve_port_zero_then_sigterm(tmp_path: Path) -> None:
             proc.stderr.close()
 
 
+def _serve_refused(*args: str) -> str:
+    """`coordinator serve ARGS` must exit 1 at once; its stderr."""
+    done = subprocess.run(
+        [EXE, "serve", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    return done.stderr.strip()
+
+
 def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("fee_bps = -1\n")
-    done = subprocess.run(
-        [EXE, "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 1
-    assert done.stderr.strip() == "error: fee_bps must be 0..10000, got -1"
+    assert _serve_refused("--config", str(config)) == "error: fee_bps must be 0..10000, got -1"
 
 
 def test_serve_refuses_an_unknown_log_level(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [EXE, "serve", "--data-dir", str(tmp_path), "--port", "0", "--log-level", "loud"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 1
-    assert done.stderr.strip() == "error: unknown --log-level 'loud' (debug, info, warning, error)"
+    refusal = _serve_refused("--data-dir", str(tmp_path), "--port", "0", "--log-level", "loud")
+    assert refusal == "error: unknown --log-level 'loud' (debug, info, warning, error)"
