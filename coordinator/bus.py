@@ -38,14 +38,16 @@ JOB_SNAPSHOT = "_job"
 class Subscription:
     """A bounded queue of events for one job (or all jobs when `job_id` is None)."""
 
-    def __init__(self, bus: JobBus, job_id: str | None) -> None:
+    def __init__(self, bus: JobBus, job_id: str | None, queue_size: int) -> None:
         self.job_id = job_id
         self._bus = bus
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIPTION_QUEUE)
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
+        self.dropped = 0  # events dropped so far because the subscriber fell behind
 
     def _put(self, event: dict[str, Any]) -> None:
         if self._queue.full():  # keep the newest: a stream wants the latest state
             self._queue.get_nowait()
+            self.dropped += 1
         self._queue.put_nowait(event)
 
     async def get(self, wait_seconds: float | None = None) -> dict[str, Any] | None:
@@ -90,9 +92,12 @@ class JobBus:
                 sub._put(event)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, job_id: str | None) -> AsyncIterator[Subscription]:
-        """Events of one job, or of every job with `job_id=None` (the hub's cancel feed)."""
-        sub = Subscription(self, job_id)
+    async def subscribe(
+        self, job_id: str | None, queue_size: int = SUBSCRIPTION_QUEUE
+    ) -> AsyncIterator[Subscription]:
+        """Events of one job, or of every job with `job_id=None` (the hub's cancel feed, a
+        client's stream of all its jobs); at most `queue_size` kept unread."""
+        sub = Subscription(self, job_id, queue_size)
         self._subs.setdefault(job_id, set()).add(sub)
         try:
             yield sub

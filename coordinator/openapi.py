@@ -93,6 +93,8 @@ def _schemas() -> dict[str, Schema]:
         ),
         "FieldError": _shape("field:str pointer?:str detail:str"),
         "JobSubmit": _job_submit(),
+        "JobBatch": _job_batch(),
+        "JobsAccepted": _shape("jobs:[@JobAccepted]"),
         "JobAccepted": _shape(
             "job_id:str status:status estimated_cost:amount estimated_time_seconds:int "
             "chain_id:str created_at?:time queue_reason?:str|null"
@@ -161,6 +163,7 @@ def _schemas() -> dict[str, Schema]:
         # The JSON `data` of the job event stream's events (see _job_events).
         "ProgressEvent": _shape("job_id:str type:str progress:percent message:str|null"),
         "EndEvent": _shape("job_id:str status:status"),
+        "DroppedEvent": _shape("events:int"),
     }
 
 
@@ -220,6 +223,19 @@ def _job_submit() -> Schema:
             "fail_if_unmatched": {"type": ["boolean", "null"]},
         },
         "required": ["model", "input"],
+        "additionalProperties": False,
+    }
+
+
+def _job_batch() -> Schema:
+    """What `POST /v1/jobs/batch` accepts: `jobs`, each as `POST /v1/jobs` takes it."""
+    from coordinator.service.jobs import MAX_BATCH_JOBS
+
+    jobs = {"type": "array", "items": _ref("JobSubmit"), "minItems": 1, "maxItems": MAX_BATCH_JOBS}
+    return {
+        "type": "object",
+        "properties": {"jobs": jobs},
+        "required": ["jobs"],
         "additionalProperties": False,
     }
 
@@ -360,6 +376,22 @@ def _job_events() -> Schema:
     return _answer("text/event-stream", each, "A stream of server-sent events")
 
 
+def _all_job_events() -> Schema:
+    """`GET /v1/jobs/events`: every job of the caller, from connecting on; never ends."""
+    each = {
+        "description": "One event of the stream, as `{event, data}`: `event: status` on every "
+        "status change of any of the caller's jobs (an admin: of any job), `event: progress` "
+        "on progress, `event: dropped` when the client fell so far behind that older events "
+        "were dropped (re-read the jobs). A `: keep-alive` comment comes after 15 s of silence.",
+        "oneOf": [
+            _event("status", _ref("Job"), "The whole job object."),
+            _event("progress", _ref("ProgressEvent"), "Progress reported by the miner."),
+            _event("dropped", _ref("DroppedEvent"), "How many events were dropped."),
+        ],
+    }
+    return _answer("text/event-stream", each, "A stream of server-sent events")
+
+
 def _paths() -> dict[str, Schema]:
     submit_body = {
         JSON: {"schema": _ref("JobSubmit")},
@@ -371,6 +403,15 @@ def _paths() -> dict[str, Schema]:
                         400, 402, 403, 404, 413, 422, status=201, body=submit_body),
             "get": _op("The caller's jobs, newest first", "JobList", 422,
                        params=(_query("status", "status"), *_paging(100, 20))),
+        },
+        "/v1/jobs/batch": {
+            "post": _op("Submit up to 100 jobs, all or none; their estimates held in escrow",
+                        "JobsAccepted", 400, 402, 403, 404, 413, 422, status=201,
+                        body="JobBatch"),
+        },
+        "/v1/jobs/events": {
+            "get": _op("Server-sent events (status, progress) of all the caller's jobs",
+                       _all_job_events()),
         },
         "/v1/jobs/latest": {"get": _op("The caller's most recent job", "Job", 404)},
         "/v1/jobs/history": {

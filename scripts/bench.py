@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench_load import TERMINAL, BatchLoad, Load
 
 from protocol.timefmt import parse_iso_ms
 
 BIN = Path(sys.executable).parent
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-TERMINAL = {"completed", "failed", "cancelled", "timed_out"}
+
 MINERS_PER_KEY = 1000  # below the hub's per-key cap on connected daemons
 
 
@@ -235,69 +236,6 @@ async def wait_ready(session: aiohttp.ClientSession, cluster: Cluster, miners: i
     raise SystemExit(f"bench: {miners} miners did not connect within 60 s")
 
 
-class Load:
-    def __init__(self, session: aiohttp.ClientSession, url: str, payload: bytes) -> None:
-        self.session, self.url, self.payload = session, url, payload
-        self.job_ids: list[str] = []
-        self.errors: dict[str, int] = {}
-        self.client_latency_ms: list[float] = []
-
-    def _error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    async def submit(self) -> str | None:
-        try:
-            async with self.session.post(self.url + "/v1/jobs", data=self.payload) as response:
-                body = await response.read()
-                if response.status != 201:
-                    self._error(f"submit_{response.status}")
-                    return None
-        except aiohttp.ClientError as exc:
-            self._error(type(exc).__name__)
-            return None
-        job_id: str = json.loads(body)["job_id"]
-        self.job_ids.append(job_id)
-        return job_id
-
-    async def wait_terminal(self, job_id: str) -> None:
-        async with self.session.get(f"{self.url}/v1/jobs/{job_id}/events") as response:
-            async for line in response.content:
-                if line.startswith(b"data:") and any(
-                    f'"{status}"'.encode() in line for status in TERMINAL
-                ):
-                    return
-
-    async def closed_loop(self, concurrency: int, until: float) -> None:
-        async def worker() -> None:
-            while time.monotonic() < until:
-                started = time.perf_counter()
-                job_id = await self.submit()
-                if job_id is None:
-                    await asyncio.sleep(0.01)
-                    continue
-                try:
-                    await self.wait_terminal(job_id)
-                except aiohttp.ClientError as exc:
-                    self._error(type(exc).__name__)
-                self.client_latency_ms.append((time.perf_counter() - started) * 1000)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-    async def open_loop(self, rate: float, until: float) -> None:
-        tasks: set[asyncio.Task[str | None]] = set()
-        start, sent = time.monotonic(), 0
-        while time.monotonic() < until:
-            due = int((time.monotonic() - start) * rate) - sent
-            for _ in range(due):
-                task = asyncio.create_task(self.submit())
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            sent += max(due, 0)
-            await asyncio.sleep(0.001)
-        if tasks:
-            await asyncio.gather(*tasks)
-
-
 async def collect(
     session: aiohttp.ClientSession, url: str, count: int, drain_s: float
 ) -> list[dict[str, Any]]:
@@ -376,8 +314,12 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         for _ in range(args.faucet_calls):
             async with session.post(cluster.url + "/v1/faucet", json=faucet) as response:
                 assert response.status in (200, 201), await response.text()
-        payload = json.dumps({"model": "echo", "input": "x" * args.input_bytes}).encode()
-        load = Load(session, cluster.url, payload)
+        job = {"model": "echo", "input": "x" * args.input_bytes}
+        load = (
+            BatchLoad(session, cluster.url, job, args.batch)
+            if args.batch
+            else Load(session, cluster.url, job)
+        )
         assert cluster.coordinator is not None
         miner_pids = [m.pid for m in cluster.miners]
         before = proc_stats(cluster.coordinator.pid)
@@ -391,6 +333,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
             await load.open_loop(args.offered_rate, until)
         else:
             await load.closed_loop(args.concurrency, until)
+        await load.stop()
         end = time.time()
         after = proc_stats(cluster.coordinator.pid)
         cpu_after = (cpu_seconds(miner_pids), self_cpu_seconds())
@@ -486,6 +429,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--concurrency", type=int, default=64, help="closed loop: clients")
     parser.add_argument("--offered-rate", type=float, default=0.0, help="open loop: jobs/s")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="submit this many jobs a request (POST /v1/jobs/batch, 1-100) and follow them "
+        "on one stream of all jobs; closed loop: each client waits for its whole batch",
+    )
     parser.add_argument("--miners", type=int, default=2)
     parser.add_argument("--miner-concurrency", type=int, default=64)
     parser.add_argument("--input-bytes", type=int, default=16)
@@ -500,6 +450,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--drain-seconds", type=float, default=120.0, help="wait this long for the backlog"
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.batch <= 100:
+        parser.error("--batch takes 1 to 100 jobs a request (0: one job a request)")
     if args.smoke:
         args.duration, args.miners, args.concurrency = 3.0, 1, 4
         args.miner_concurrency = 4

@@ -1,4 +1,4 @@
-"""`/v1/jobs...` handlers. Plain paths (`/v1/jobs/latest`, `/v1/jobs/history`) are
+"""`/v1/jobs...` handlers. Plain paths (`/v1/jobs/latest`, `/history`, `/events`, `/batch`) are
 registered before `/v1/jobs/{job_id}` so they are never taken for a job id."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from coordinator.api.validate import Fields, query_date_ms, query_int
 from coordinator.appkeys import METRICS, MINER_REGISTRY
 from coordinator.bus import JOB_SNAPSHOT
 from coordinator.domain.jobs import TERMINAL, Job, JobStatus, Priority, Requirements
-from coordinator.errors import RESPONSE_HEADERS, BadRequest, ValidationFailed
+from coordinator.errors import RESPONSE_HEADERS, BadRequest, NotFound, ValidationFailed
 from coordinator.service import jobs as job_service
 from coordinator.service.core import Core
 from coordinator.service.records import job_summary, job_view
@@ -154,19 +154,56 @@ async def submit(request: web.Request) -> web.Response:
     req = parse_job_request(core, data, upload is not None)
     job = await job_service.submit(core, _registry(request), key, req, upload)
     request.app[METRICS].jobs_submitted[job.chain_id] += 1
-    return json_response(
-        {
-            "job_id": job.job_id,
-            "status": job.status.value,
-            "estimated_cost": uait_to_ait(job.estimated_cost_uait),
-            "estimated_time_seconds": job.estimated_time_seconds,
-            "chain_id": job.chain_id,
-            "created_at": iso_ms(job.created_at_ms),
-            "input_sha256": job.input_sha256,
-            "queue_reason": _queue_reason(request, job),
-        },
-        status=201,
-    )
+    return json_response(_accepted(request, job), status=201)
+
+
+def _accepted(request: web.Request, job: Job) -> dict[str, Any]:
+    """The answer to a submit: the job as accepted (queued, with its estimate)."""
+    return {
+        "job_id": job.job_id,
+        "status": job.status.value,
+        "estimated_cost": uait_to_ait(job.estimated_cost_uait),
+        "estimated_time_seconds": job.estimated_time_seconds,
+        "chain_id": job.chain_id,
+        "created_at": iso_ms(job.created_at_ms),
+        "input_sha256": job.input_sha256,
+        "queue_reason": _queue_reason(request, job),
+    }
+
+
+@routes.post("/v1/jobs/batch")
+async def submit_batch(request: web.Request) -> web.Response:
+    """Several jobs in one request, accepted all or none (docs/api.md, "Batches")."""
+    key = client_caller(request)
+    core = Core.of(request.app)
+    reqs = parse_batch(core, await read_json_object(request))
+    jobs = await job_service.submit_batch(core, _registry(request), key, reqs)
+    submitted = request.app[METRICS].jobs_submitted
+    for job in jobs:
+        submitted[job.chain_id] += 1
+    return json_response({"jobs": [_accepted(request, job) for job in jobs]}, status=201)
+
+
+def parse_batch(core: Core, data: dict[str, Any]) -> list[job_service.JobRequest]:
+    """`{"jobs": [submission, ...]}`: each item as `POST /v1/jobs` takes it; every bad
+    field of every item is named (`jobs.<index>.<field>`)."""
+    errors = [(name, "unknown field") for name in sorted(set(data) - {"jobs"})]
+    items = data.get("jobs")
+    if not isinstance(items, list) or not 1 <= len(items) <= job_service.MAX_BATCH_JOBS:
+        errors.append(("jobs", f"must be a list of 1 to {job_service.MAX_BATCH_JOBS} jobs"))
+        raise ValidationFailed(errors)
+    reqs = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append((f"jobs.{index}", "must be an object (a job as POST /v1/jobs takes)"))
+            continue
+        try:
+            reqs.append(parse_job_request(core, item, has_file=False))
+        except ValidationFailed as exc:
+            errors.extend((f"jobs.{index}.{e['field']}", e["detail"]) for e in exc.extra["errors"])
+    if errors:
+        raise ValidationFailed(errors)
+    return reqs
 
 
 @routes.get("/v1/jobs")
@@ -227,6 +264,61 @@ async def history(request: web.Request) -> web.Response:
             "truncated": count > len(found),
         }
     )
+
+
+ALL_EVENTS_QUEUE = 8192  # unread events a stream of all jobs keeps before dropping
+
+
+@routes.get("/v1/jobs/events")
+async def all_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events of every job of the caller (an admin: of every job), from the
+    moment the response headers are sent, until the client hangs up (docs/api.md)."""
+    key = caller(request)
+    core = Core.of(request.app)
+    metrics = request.app[METRICS]
+    async with core.bus.subscribe(None, ALL_EVENTS_QUEUE) as sub:
+        response = _event_stream(request)
+        await response.prepare(request)
+        metrics.sse_streams += 1
+        reported_drops = 0
+        try:
+            while True:
+                event = await _next_event(request, sub)
+                if event is _GONE:
+                    break
+                if sub.dropped > reported_drops:  # the client fell behind: tell it so
+                    await response.write(_sse("dropped", {"events": sub.dropped - reported_drops}))
+                    reported_drops = sub.dropped
+                if event is None:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                kind = event.get("type")
+                if kind not in ("status", "progress"):
+                    continue  # cancel notices are for miners
+                job = await _event_job(core, key, event)
+                if job is None:
+                    continue  # another client's job
+                if kind == "progress":
+                    await response.write(_sse("progress", _public(event)))
+                else:
+                    await response.write(_sse("status", job_view(job, _queue_reason(request, job))))
+        except ConnectionResetError:
+            pass  # the client stopped listening
+        finally:
+            metrics.sse_streams -= 1
+    return response
+
+
+async def _event_job(core: Core, key: Any, event: dict[str, Any]) -> Job | None:
+    """The job an event is about, if `key` may see it: as committed when published by this
+    process, else read (events from other processes carry no job)."""
+    job = event.get(JOB_SNAPSHOT)
+    try:
+        if isinstance(job, Job):
+            return job_service.visible(job, key)
+        return await job_service.read_job(core, key, event["job_id"])
+    except NotFound:
+        return None
 
 
 @routes.get("/v1/jobs/{job_id}")
@@ -292,6 +384,22 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
 
 
+def _public(event: dict[str, Any]) -> dict[str, Any]:
+    """A bus event as a stream shows it: without the committed job object it carries."""
+    return {name: value for name, value in event.items() if name != JOB_SNAPSHOT}
+
+
+def _event_stream(request: web.Request) -> web.StreamResponse:
+    return web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **request.get(RESPONSE_HEADERS, {}),
+        }
+    )
+
+
 _GONE: dict[str, Any] = {}
 SSE_POLL_S = 1.0  # how soon a stream notices that its client has gone
 
@@ -318,14 +426,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     metrics = request.app[METRICS]
     async with core.bus.subscribe(job_id) as sub:
         job = await job_service.read_job(core, key, job_id)  # after subscribing: no gap
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-                **request.get(RESPONSE_HEADERS, {}),
-            }
-        )
+        response = _event_stream(request)
         await response.prepare(request)
         metrics.sse_streams += 1
         try:
@@ -342,7 +443,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                         await response.write(_sse("status", job_view(job)))
                     continue
                 if event.get("type") == "progress":
-                    await response.write(_sse("progress", event))
+                    await response.write(_sse("progress", _public(event)))
                     continue
                 if event.get("type") != "status":
                     continue

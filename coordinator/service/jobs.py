@@ -86,6 +86,100 @@ async def submit(
     upload: FileUpload | None = None,
 ) -> Job:
     """Accept a job: price it, insert it and hold its estimate in escrow, in one commit."""
+    job, file_row = await _priced_job(core, registry, key, req, upload)
+    if req.fail_if_unmatched:
+        reason = _never_matches(registry, job)
+        if reason is not None:
+            detail = f"no miner could run this job: {reason}"
+            raise ValidationFailed([("model", reason)], detail=detail)
+    available_uait = await core.db.write_coalesced(admit_many, Admission(job, file_row))
+    if available_uait is not None:
+        raise _insufficient(
+            job.chain_id, job.client_address, job.estimated_cost_uait, available_uait
+        )
+    _announce(core, [job])
+    return job
+
+
+MAX_BATCH_JOBS = 100
+
+
+async def submit_batch(
+    core: Core, registry: MinerRegistryProtocol | None, key: ApiKey, reqs: Sequence[JobRequest]
+) -> list[Job]:
+    """Accept every job or none: all are priced, then inserted with their escrow holds in
+    one write; if the holds of one chain exceed the available balance nothing is written
+    (402). A job with `fail_if_unmatched` that no miner could run refuses the batch (422)."""
+    priced = [await _priced_job(core, registry, key, req, None) for req in reqs]
+    unmatched = [
+        (f"jobs.{index}.model", reason)
+        for index, (req, (job, _)) in enumerate(zip(reqs, priced, strict=True))
+        if req.fail_if_unmatched and (reason := _never_matches(registry, job)) is not None
+    ]
+    if unmatched:
+        raise ValidationFailed(unmatched, detail=f"no miner could run {len(unmatched)} of the jobs")
+    admissions = [Admission(job, None) for job, _ in priced]
+
+    wanted: dict[str, int] = {}  # chain -> the batch's holds on it
+    for admission in admissions:
+        chain_id = admission.job.chain_id
+        wanted[chain_id] = wanted.get(chain_id, 0) + admission.job.estimated_cost_uait
+
+    async def admit_all(conn: AsyncConnection) -> None:
+        for chain_id, total in wanted.items():  # checked first: all or nothing
+            balance = await ledger_store.balance(conn, chain_id, key.address)
+            if total > balance.available_uait:
+                raise _insufficient(
+                    chain_id,
+                    key.address,
+                    total,
+                    balance.available_uait,
+                    what="the batch's estimated cost",
+                )
+        answers = await admit_many(conn, admissions)
+        if any(answer is not None for answer in answers):  # the check above rules it out
+            raise RuntimeError("a batch hold was refused after its balance check")
+
+    await core.db.write(admit_all)
+    _announce(core, [job for job, _ in priced])
+    return [job for job, _ in priced]
+
+
+def _announce(core: Core, admitted: Sequence[Job]) -> None:
+    """Tell event streams and the dispatcher about newly queued jobs."""
+    for job in admitted:
+        core.bus.publish(job.job_id, {"type": "status", "status": "queued", "progress": 0}, job=job)
+    core.bus.wake()
+
+
+def _insufficient(
+    chain_id: str,
+    address: str,
+    wanted_uait: int,
+    available_uait: int,
+    what: str = "the job's estimated cost",
+) -> InsufficientFunds:
+    return InsufficientFunds(
+        f"{what} {format_ait(wanted_uait)} AIT exceeds the available balance "
+        f"{format_ait(available_uait)} AIT of {address} on {chain_id}",
+        estimated_cost=wanted_uait / 1e6,
+        available=available_uait / 1e6,
+    )
+
+
+def _never_matches(registry: MinerRegistryProtocol | None, job: Job) -> str | None:
+    return registry.never_matches_reason(job) if registry else "no miner hub is running"
+
+
+async def _priced_job(
+    core: Core,
+    registry: MinerRegistryProtocol | None,
+    key: ApiKey,
+    req: JobRequest,
+    upload: FileUpload | None,
+) -> tuple[Job, dict[str, Any] | None]:
+    """The job `req` asks for, priced from the offers now (not yet written), and the row of
+    its uploaded input file, if any."""
     from coordinator.service.files import new_file_row
 
     now = now_ms()
@@ -146,24 +240,7 @@ async def submit(
             UNITS_BY_UNIT: pricing.units_by_unit(priced_input, input_bytes, req.params),
         },
     )
-    if req.fail_if_unmatched:
-        reason = registry.never_matches_reason(job) if registry else "no miner hub is running"
-        if reason is not None:
-            detail = f"no miner could run this job: {reason}"
-            raise ValidationFailed([("model", reason)], detail=detail)
-
-    available_uait = await core.db.write_coalesced(admit_many, Admission(job, file_row))
-    if available_uait is not None:
-        raise InsufficientFunds(
-            f"the job's estimated cost {format_ait(job.estimated_cost_uait)} AIT exceeds "
-            f"the available balance {format_ait(available_uait)} AIT of "
-            f"{job.client_address} on {job.chain_id}",
-            estimated_cost=job.estimated_cost_uait / 1e6,
-            available=available_uait / 1e6,
-        )
-    core.bus.publish(job_id, {"type": "status", "status": "queued", "progress": 0}, job=job)
-    core.bus.wake()
-    return job
+    return job, file_row
 
 
 @dataclass(frozen=True)

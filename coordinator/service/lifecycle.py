@@ -299,7 +299,8 @@ async def record_progress(
 
     job = await core.db.write(op)
     if job is not None:
-        core.bus.publish(job_id, {"type": "progress", "progress": job.progress, "message": message})
+        event = {"type": "progress", "progress": job.progress, "message": message}
+        core.bus.publish(job_id, event, job=job)
     return job
 
 

@@ -13,9 +13,10 @@ BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 
 
 @pytest.mark.timeout(180)
-def test_bench_smoke_settles_every_job() -> None:
+@pytest.mark.parametrize("mode", [[], ["--batch", "10"]], ids=["one-job-a-request", "batch"])
+def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke"], capture_output=True, text=True, timeout=170
+        [sys.executable, str(BENCH), "--smoke", *mode], capture_output=True, text=True, timeout=170
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
