@@ -57,6 +57,13 @@ class Subscription:
         except TimeoutError:
             return None
 
+    def take_ready(self, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` events already waiting, without waiting for more."""
+        ready: list[dict[str, Any]] = []
+        while len(ready) < limit and not self._queue.empty():
+            ready.append(self._queue.get_nowait())
+        return ready
+
     def close(self) -> None:
         self._bus._unsubscribe(self)
 

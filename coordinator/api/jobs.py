@@ -267,6 +267,7 @@ async def history(request: web.Request) -> web.Response:
 
 
 ALL_EVENTS_QUEUE = 8192  # unread events a stream of all jobs keeps before dropping
+EVENTS_PER_WRITE = 256
 
 
 @routes.get("/v1/jobs/events")
@@ -286,27 +287,41 @@ async def all_events(request: web.Request) -> web.StreamResponse:
                 event = await _next_event(request, sub)
                 if event is _GONE:
                     break
-                if sub.dropped > reported_drops:  # the client fell behind: tell it so
-                    await response.write(_sse("dropped", {"events": sub.dropped - reported_drops}))
-                    reported_drops = sub.dropped
                 if event is None:
                     await response.write(b": keep-alive\n\n")
                     continue
-                kind = event.get("type")
-                if kind not in ("status", "progress"):
-                    continue  # cancel notices are for miners
-                job = await _event_job(core, key, event)
-                if job is None:
-                    continue  # another client's job
-                if kind == "progress":
-                    await response.write(_sse("progress", _public(event)))
-                else:
-                    await response.write(_sse("status", job_view(job, _queue_reason(request, job))))
+                chunks = []
+                if sub.dropped > reported_drops:  # the client fell behind: tell it so
+                    chunks.append(_sse("dropped", {"events": sub.dropped - reported_drops}))
+                    reported_drops = sub.dropped
+                # Events that arrived together (a commit's worth) go out in one write.
+                for each in (event, *sub.take_ready(EVENTS_PER_WRITE)):
+                    chunk = await _all_events_chunk(request, core, key, each)
+                    if chunk:
+                        chunks.append(chunk)
+                if chunks:
+                    await response.write(b"".join(chunks))
         except ConnectionResetError:
             pass  # the client stopped listening
         finally:
             metrics.sse_streams -= 1
     return response
+
+
+async def _all_events_chunk(
+    request: web.Request, core: Core, key: Any, event: dict[str, Any]
+) -> bytes:
+    """What the stream of all jobs sends for a bus event: nothing for other clients' jobs
+    and for cancel notices (they are for miners)."""
+    kind = event.get("type")
+    if kind not in ("status", "progress"):
+        return b""
+    job = await _event_job(core, key, event)
+    if job is None:
+        return b""
+    if kind == "progress":
+        return _sse("progress", _public(event))
+    return _sse("status", job_view(job, _queue_reason(request, job)))
 
 
 async def _event_job(core: Core, key: Any, event: dict[str, Any]) -> Job | None:

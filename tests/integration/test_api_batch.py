@@ -210,3 +210,24 @@ async def _follow_a_real_miner(stack: Stack) -> None:
     progress = [d for n, d in events if n == "progress"]
     assert progress and {d["job_id"] for d in progress} <= set(ids)
     assert all("_job" not in d and 0 <= d["progress"] <= 100 for d in progress)
+
+
+async def test_a_reader_that_fell_behind_is_told_how_many_events_it_lost(
+    coordinator: Coordinator,
+    funded: KeyInfo,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from coordinator.service.core import Core
+
+    monkeypatch.setattr("coordinator.api.jobs.ALL_EVENTS_QUEUE", 4)
+    _, accepted = await batch(coordinator, http, funded, {"jobs": [job()]})
+    job_id = accepted["jobs"][0]["job_id"]
+    bus = Core.of(coordinator.app).bus
+    async with watching(http, coordinator.url, funded.headers) as events:
+        # Ten events at once, before the stream's handler runs again: it keeps four.
+        for n in range(10):
+            bus.publish(job_id, {"type": "progress", "progress": n, "message": None})
+        await seen(events, lambda e: len(e) == 5, "the drop notice and the four kept")
+    assert events[0] == ("dropped", {"events": 6})
+    assert [d["progress"] for _, d in events[1:]] == [6, 7, 8, 9]

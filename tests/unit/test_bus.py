@@ -30,3 +30,13 @@ async def test_a_reader_that_falls_behind_keeps_the_newest_and_counts_the_rest()
         assert [e["job_id"] for e in kept if e] == ["job_3", "job_4"]
         bus.publish("job_5", {"type": "status", "status": "queued"})
         assert sub.dropped == 3  # room again: nothing more lost
+
+
+async def test_take_ready_hands_over_what_waits_without_waiting() -> None:
+    bus = JobBus()
+    async with bus.subscribe(None) as sub:
+        assert sub.take_ready(10) == []
+        for n in range(5):
+            bus.publish(f"job_{n}", {"type": "status", "status": "queued"})
+        assert [e["job_id"] for e in sub.take_ready(3)] == ["job_0", "job_1", "job_2"]
+        assert [e["job_id"] for e in sub.take_ready(10)] == ["job_3", "job_4"]
