@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -180,6 +180,12 @@ class CoordinatorClient:
 
         return dict(await self._json("POST", "/v1/jobs", body=form))
 
+    async def submit_batch(self, jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """POST /v1/jobs/batch: 1-100 job bodies (as `POST /v1/jobs` takes them), accepted
+        all or none; the answers in order."""
+        answer = await self._json("POST", "/v1/jobs/batch", json_body={"jobs": list(jobs)})
+        return [dict(job) for job in answer["jobs"]]
+
     async def upload_file(self, path: str | Path) -> dict[str, Any]:
         file_path = _existing_file(path)
 
@@ -241,6 +247,20 @@ class CoordinatorClient:
         payload names no `type`). Ends when the server closes the stream; raises
         `TimeoutError` if nothing (not even a keep-alive) arrives for `idle_timeout`."""
         path = f"/v1/jobs/{_seg(job_id)}/events"
+        async for payload in self._stream(path, f"event stream of {job_id}", idle_timeout):
+            yield payload
+
+    async def all_events(
+        self, *, idle_timeout: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """GET /v1/jobs/events: events of all the caller's jobs from now on, as `events`
+        gives them (`type` "status", "progress" or "dropped"); never ends by itself."""
+        async for payload in self._stream("/v1/jobs/events", "event stream", idle_timeout):
+            yield payload
+
+    async def _stream(
+        self, path: str, what: str, idle_timeout: float | None
+    ) -> AsyncIterator[dict[str, Any]]:
         parser = SseParser()
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=idle_timeout)
         async with self._open("GET", path, client_timeout=timeout) as response:
@@ -258,7 +278,7 @@ class CoordinatorClient:
                     payload.setdefault("type", event.event)
                     yield payload
             except aiohttp.ClientPayloadError as exc:
-                raise ConnectionFailed(f"event stream of {job_id} cut: {_reason(exc)}") from exc
+                raise ConnectionFailed(f"{what} cut: {_reason(exc)}") from exc
 
     async def wait(
         self,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema  # type: ignore[import-untyped]  # a dependency of openapi-spec-validator
 import pytest
 from conftest import Coordinator, CoordinatorFactory
@@ -89,6 +90,36 @@ async def test_submit_wait_follows_events_to_the_result(stack: Stack) -> None:
         receipt = await client.receipt(job["job_id"])
         assert receipt["receipt"]["job_id"] == job["job_id"]
         assert receipt["signature"]["alg"] == "Ed25519"
+
+
+async def test_submit_batch_followed_on_the_stream_of_all_jobs(stack: Stack) -> None:
+    async with stack.client() as client:
+        ended: dict[str, dict[str, Any]] = {}
+
+        async def follow() -> None:
+            async for event in client.all_events(idle_timeout=30):
+                if event["type"] == "status" and event["status"] == "completed":
+                    ended[event["job_id"]] = event
+                    if len(ended) == 3:
+                        return
+
+        follower = asyncio.create_task(follow())
+        for _ in range(200):  # bounded: until the coordinator counts the stream
+            if "ait_sse_streams 1" in await _metrics(stack.url):
+                break
+            await asyncio.sleep(0.02)
+        jobs = [{"model": "echo", "input": {"n": n}} for n in range(3)]
+        accepted = await client.submit_batch(jobs)
+        await asyncio.wait_for(follower, 30)
+        assert [ended[a["job_id"]]["result"] for a in accepted] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        with pytest.raises(errors.ApiError) as refused:  # all or none: an empty batch is 422
+            await client.submit_batch([])
+        assert refused.value.status == 422
+
+
+async def _metrics(url: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
+        return await response.text()
 
 
 async def test_upload_file_submit_by_file_id_and_download(stack: Stack, tmp_path: Path) -> None:
