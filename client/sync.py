@@ -12,7 +12,7 @@ event loop (use the async client there); not thread-safe (one Client per thread)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,6 +70,9 @@ class Client:
     ) -> dict[str, Any]:
         return self._run(self.aio.submit(model, input, input_file=input_file, **fields))
 
+    def submit_batch(self, jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return self._run(self.aio.submit_batch(jobs))
+
     def upload_file(self, path: str | Path) -> dict[str, Any]:
         return self._run(self.aio.upload_file(path))
 
@@ -101,6 +104,9 @@ class Client:
 
     def events(self, job_id: str, *, idle_timeout: float | None = None) -> Iterator[dict[str, Any]]:
         return self._iterate(self.aio.events(job_id, idle_timeout=idle_timeout))
+
+    def all_events(self, *, idle_timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        return self._iterate(self.aio.all_events(idle_timeout=idle_timeout))
 
     def wait(
         self,

@@ -220,6 +220,11 @@ async def test_sync_client_round_trip(stack: Stack, tmp_path: Path) -> None:
                 break  # leaving early closes the stream; the client stays usable
             output = ait.download(job["job_id"], tmp_path / "out.json").read_bytes()
             assert ait.balance()["held"] == 0
+            slow = {"model": "echo", "input": [4], "params": {"delay_ms": 1500}}
+            [accepted] = ait.submit_batch([slow])
+            for event in ait.all_events(idle_timeout=30):  # its end comes after subscribing
+                if event.get("job_id") == accepted["job_id"] and event.get("status") == "completed":
+                    break  # leaving the endless stream early closes it
             return job, events, output
 
     job, events, output = await asyncio.to_thread(script)
