@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from client import cli_wait
+from client import cli_batch, cli_wait
 from client.cli_common import (
     JsonOpt,
     guarded,
@@ -259,6 +259,7 @@ def rename(
 
 def register(app: typer.Typer) -> None:
     app.command()(submit)
+    app.command("submit-batch")(cli_batch.submit_batch)
     app.command()(status)
     app.command("list")(list_jobs)
     app.command()(cancel)

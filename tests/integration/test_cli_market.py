@@ -274,3 +274,44 @@ async def test_api_errors_are_one_line(market: Market) -> None:
     assert bad_key.exit_code == 1 and "401" in bad_key.stderr
     poor = await market.ait("submit", "-m", "echo", "-i", "x" * 100, key=market.poor_key)
     assert poor.exit_code == 1 and "402" in poor.stderr
+
+
+async def test_submit_batch_from_a_json_lines_file(market: Market) -> None:
+    lines = [json.dumps({"model": "echo", "input": {"n": n}, "name": f"j{n}"}) for n in range(3)]
+    path = market.tmp / "jobs.jsonl"
+    path.write_text("\n".join([lines[0], "", *lines[1:]]) + "\n")
+    answer = await market.ait_json("submit-batch", str(path))
+    ids = [job["job_id"] for job in answer["jobs"]]
+    assert len(ids) == 3 and all(job["status"] == "queued" for job in answer["jobs"])
+    for job_id, n in zip(ids, range(3), strict=True):
+        done = await market.ait_json("wait", job_id)
+        assert done["status"] == "completed" and done["result"] == {"n": n}
+        assert done["name"] == f"j{n}"
+    people = await market.ait("submit-batch", "-", stdin=lines[0] + "\n")
+    assert people.exit_code == 0 and " queued: estimated cost " in people.stdout
+
+
+async def test_submit_batch_bad_lines_are_named_and_nothing_is_lost(market: Market) -> None:
+    path = market.tmp / "jobs.jsonl"
+    path.write_text('{"model": "echo", "input": 1}\n[1, 2]\n')
+    result = await market.ait("submit-batch", str(path))
+    assert result.exit_code == 1 and f"{path}:2: a job must be a JSON object" in result.stderr
+    path.write_text('{"model": "echo", "input": 1}\n{"model": "", "input": 2}\n')
+    result = await market.ait("submit-batch", str(path))
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "lines 1-2 refused: line 2: model:" in result.stderr
+    assert "nothing was submitted" in result.stderr
+    listed = await market.ait_json("list")
+    assert listed["total"] == 0
+
+    # 101 jobs: the first request (lines 1-100) goes through, the second is refused; the
+    # error lists what was submitted, so a retry sends only the rest.
+    good = json.dumps({"model": "echo", "input": "x"})
+    path.write_text("\n".join([good] * 100 + ['{"model": "echo"}']) + "\n")
+    result = await market.ait("--json", "submit-batch", str(path))
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert error["status"] == 422 and "lines 101-101 refused: line 101: input:" in error["detail"]
+    assert len(error["submitted"]) == 100
+    listed = await market.ait_json("list", "--limit", "100")
+    assert listed["total"] == 100
