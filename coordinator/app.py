@@ -9,6 +9,7 @@ from aiohttp import web
 
 from coordinator import identity
 from coordinator.api import chain as chain_api
+from coordinator.api import events as events_api
 from coordinator.api import jobs as jobs_api
 from coordinator.api import misc as misc_api
 from coordinator.api import wallets as wallets_api
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> web.Application:
     app[DATABASE] = Database.create(settings.db_url)
     app.cleanup_ctx.append(_database_ctx)  # first: everything below needs the database
     # Plain paths before parametrised ones (/v1/jobs/history before /v1/jobs/{job_id}).
+    app.router.add_routes(events_api.routes)  # `/v1/jobs/events` before `/v1/jobs/{job_id}`
     app.router.add_routes(jobs_api.routes)
     app.router.add_routes(wallets_api.routes)
     app.router.add_routes(misc_api.routes)

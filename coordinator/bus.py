@@ -33,6 +33,9 @@ RECONNECT_MAX_S = 10.0
 # Key of the committed job object in a locally delivered event (never sent to other
 # processes; they read the job themselves).
 JOB_SNAPSHOT = "_job"
+# Key of the job's owner (its client address) in an event sent to other processes, when
+# the publisher knew the job: a stream of one client's jobs skips others' without a read.
+JOB_OWNER = "_owner"
 
 
 class Subscription:
@@ -89,7 +92,9 @@ class JobBus:
         event = {**event, "job_id": job_id}
         self._deliver(event if job is None else {**event, JOB_SNAPSHOT: job})
         if self._pg is not None:
-            payload = orjson.dumps({"origin": self._origin, "event": event}).decode()
+            owner = getattr(job, "client_address", None)
+            remote = event if owner is None else {**event, JOB_OWNER: owner}
+            payload = orjson.dumps({"origin": self._origin, "event": remote}).decode()
             if len(payload) <= MAX_NOTIFY_BYTES:
                 self._spawn_notify(EVENTS_CHANNEL, payload)
 

@@ -1,12 +1,12 @@
-"""`/v1/jobs...` handlers. Plain paths (`/v1/jobs/latest`, `/history`, `/events`, `/batch`) are
-registered before `/v1/jobs/{job_id}` so they are never taken for a job id."""
+"""`/v1/jobs...` handlers (event streams: coordinator.api.events). Plain paths
+(`/v1/jobs/latest`, `/history`, `/batch`) are registered before `/v1/jobs/{job_id}` so they
+are never taken for a job id."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from coordinator.api.common import (
@@ -19,9 +19,8 @@ from coordinator.api.common import (
 )
 from coordinator.api.validate import Fields, query_date_ms, query_int
 from coordinator.appkeys import METRICS, MINER_REGISTRY
-from coordinator.bus import JOB_SNAPSHOT
-from coordinator.domain.jobs import TERMINAL, Job, JobStatus, Priority, Requirements
-from coordinator.errors import RESPONSE_HEADERS, BadRequest, NotFound, ValidationFailed
+from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
+from coordinator.errors import BadRequest, ValidationFailed
 from coordinator.service import jobs as job_service
 from coordinator.service.core import Core
 from coordinator.service.records import job_summary, job_view
@@ -49,7 +48,6 @@ SUBMIT_FIELDS = (
     "fail_if_unmatched",
 )
 REQUIREMENT_FIELDS = ("gpu_type", "gpu_count", "min_vram_gb")
-SSE_KEEPALIVE_S = 15.0
 Upload = job_service.FileUpload
 
 
@@ -57,7 +55,7 @@ def _registry(request: web.Request) -> Any:
     return request.app.get(MINER_REGISTRY)
 
 
-def _queue_reason(request: web.Request, job: Any) -> str | None:
+def queue_reason(request: web.Request, job: Any) -> str | None:
     if job.status != JobStatus.QUEUED:
         return None
     registry = _registry(request)
@@ -167,7 +165,7 @@ def _accepted(request: web.Request, job: Job) -> dict[str, Any]:
         "chain_id": job.chain_id,
         "created_at": iso_ms(job.created_at_ms),
         "input_sha256": job.input_sha256,
-        "queue_reason": _queue_reason(request, job),
+        "queue_reason": queue_reason(request, job),
     }
 
 
@@ -238,7 +236,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 @routes.get("/v1/jobs/latest")
 async def latest(request: web.Request) -> web.Response:
     job = await job_service.latest_job(Core.of(request.app), caller(request))
-    return json_response(job_view(job, _queue_reason(request, job)))
+    return json_response(job_view(job, queue_reason(request, job)))
 
 
 @routes.get("/v1/jobs/history")
@@ -266,82 +264,12 @@ async def history(request: web.Request) -> web.Response:
     )
 
 
-ALL_EVENTS_QUEUE = 8192  # unread events a stream of all jobs keeps before dropping
-EVENTS_PER_WRITE = 256
-
-
-@routes.get("/v1/jobs/events")
-async def all_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events of every job of the caller (an admin: of every job), from the
-    moment the response headers are sent, until the client hangs up (docs/api.md)."""
-    key = caller(request)
-    core = Core.of(request.app)
-    metrics = request.app[METRICS]
-    async with core.bus.subscribe(None, ALL_EVENTS_QUEUE) as sub:
-        response = _event_stream(request)
-        await response.prepare(request)
-        metrics.sse_streams += 1
-        reported_drops = 0
-        try:
-            while True:
-                event = await _next_event(request, sub)
-                if event is _GONE:
-                    break
-                if event is None:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                chunks = []
-                if sub.dropped > reported_drops:  # the client fell behind: tell it so
-                    chunks.append(_sse("dropped", {"events": sub.dropped - reported_drops}))
-                    reported_drops = sub.dropped
-                # Events that arrived together (a commit's worth) go out in one write.
-                for each in (event, *sub.take_ready(EVENTS_PER_WRITE)):
-                    chunk = await _all_events_chunk(request, core, key, each)
-                    if chunk:
-                        chunks.append(chunk)
-                if chunks:
-                    await response.write(b"".join(chunks))
-        except ConnectionResetError:
-            pass  # the client stopped listening
-        finally:
-            metrics.sse_streams -= 1
-    return response
-
-
-async def _all_events_chunk(
-    request: web.Request, core: Core, key: Any, event: dict[str, Any]
-) -> bytes:
-    """What the stream of all jobs sends for a bus event: nothing for other clients' jobs
-    and for cancel notices (they are for miners)."""
-    kind = event.get("type")
-    if kind not in ("status", "progress"):
-        return b""
-    job = await _event_job(core, key, event)
-    if job is None:
-        return b""
-    if kind == "progress":
-        return _sse("progress", _public(event))
-    return _sse("status", job_view(job, _queue_reason(request, job)))
-
-
-async def _event_job(core: Core, key: Any, event: dict[str, Any]) -> Job | None:
-    """The job an event is about, if `key` may see it: as committed when published by this
-    process, else read (events from other processes carry no job)."""
-    job = event.get(JOB_SNAPSHOT)
-    try:
-        if isinstance(job, Job):
-            return job_service.visible(job, key)
-        return await job_service.read_job(core, key, event["job_id"])
-    except NotFound:
-        return None
-
-
 @routes.get("/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     job = await job_service.read_job(
         Core.of(request.app), caller(request), request.match_info["job_id"]
     )
-    return json_response(job_view(job, _queue_reason(request, job)))
+    return json_response(job_view(job, queue_reason(request, job)))
 
 
 @routes.put("/v1/jobs/{job_id}")
@@ -354,7 +282,7 @@ async def rename(request: web.Request) -> web.Response:
     name = f.string("name", max_len=200)
     f.check()
     job = await job_service.rename(Core.of(request.app), key, request.match_info["job_id"], name)
-    return json_response(job_view(job, _queue_reason(request, job)))
+    return json_response(job_view(job, queue_reason(request, job)))
 
 
 @routes.delete("/v1/jobs/{job_id}")
@@ -393,85 +321,3 @@ async def receipt(request: web.Request) -> web.Response:
 
     block = await receipt_block(core.db, job_id)
     return json_response({"receipt": body, "signature": signature, "block": block})
-
-
-def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
-
-
-def _public(event: dict[str, Any]) -> dict[str, Any]:
-    """A bus event as a stream shows it: without the committed job object it carries."""
-    return {name: value for name, value in event.items() if name != JOB_SNAPSHOT}
-
-
-def _event_stream(request: web.Request) -> web.StreamResponse:
-    return web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            **request.get(RESPONSE_HEADERS, {}),
-        }
-    )
-
-
-_GONE: dict[str, Any] = {}
-SSE_POLL_S = 1.0  # how soon a stream notices that its client has gone
-
-
-async def _next_event(request: web.Request, sub: Any) -> dict[str, Any] | None:
-    """The next bus event; None after SSE_KEEPALIVE_S of quiet; _GONE once the client left."""
-    waited = 0.0
-    while waited < SSE_KEEPALIVE_S:
-        event: dict[str, Any] | None = await sub.get(SSE_POLL_S)
-        if event is not None:
-            return event
-        if request.transport is None or request.transport.is_closing():
-            return _GONE
-        waited += SSE_POLL_S
-    return None
-
-
-@routes.get("/v1/jobs/{job_id}/events")
-async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: the job now, then each status/progress change until it ends."""
-    key = caller(request)
-    core = Core.of(request.app)
-    job_id = request.match_info["job_id"]
-    metrics = request.app[METRICS]
-    async with core.bus.subscribe(job_id) as sub:
-        job = await job_service.read_job(core, key, job_id)  # after subscribing: no gap
-        response = _event_stream(request)
-        await response.prepare(request)
-        metrics.sse_streams += 1
-        try:
-            await response.write(_sse("status", job_view(job, _queue_reason(request, job))))
-            while job.status not in TERMINAL:
-                event = await _next_event(request, sub)
-                if event is _GONE:
-                    break  # the client hung up: stop holding a handler for it
-                if event is None:
-                    # Quiet: re-read (another process may have changed it) and keep alive.
-                    job = await job_service.read_job(core, key, job_id)
-                    await response.write(b": keep-alive\n\n")
-                    if job.status in TERMINAL:
-                        await response.write(_sse("status", job_view(job)))
-                    continue
-                if event.get("type") == "progress":
-                    await response.write(_sse("progress", _public(event)))
-                    continue
-                if event.get("type") != "status":
-                    continue
-                snapshot = event.get(JOB_SNAPSHOT)  # as committed, when published here
-                if isinstance(snapshot, Job):
-                    job = snapshot
-                else:
-                    job = await job_service.read_job(core, key, job_id)
-                await response.write(_sse("status", job_view(job, _queue_reason(request, job))))
-            await response.write(_sse("end", {"job_id": job_id, "status": job.status.value}))
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client stopped listening: a normal way for a stream to end
-        finally:
-            metrics.sse_streams -= 1
-    return response

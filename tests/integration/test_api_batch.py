@@ -220,7 +220,7 @@ async def test_a_reader_that_fell_behind_is_told_how_many_events_it_lost(
 ) -> None:
     from coordinator.service.core import Core
 
-    monkeypatch.setattr("coordinator.api.jobs.ALL_EVENTS_QUEUE", 4)
+    monkeypatch.setattr("coordinator.api.events.ALL_EVENTS_QUEUE", 4)
     _, accepted = await batch(coordinator, http, funded, {"jobs": [job()]})
     job_id = accepted["jobs"][0]["job_id"]
     bus = Core.of(coordinator.app).bus

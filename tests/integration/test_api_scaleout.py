@@ -11,6 +11,7 @@ import pytest
 from api_helpers import call
 from conftest import PG_ADMIN_DSN, CoordinatorFactory
 
+from coordinator.appkeys import METRICS
 from coordinator.service.jobs import admit_many
 
 
@@ -172,3 +173,42 @@ async def test_listen_connection_comes_back(
         bus_b.publish("job_x", {"type": "status", "status": "running"})
         event = await sub.get(5)
     assert event is not None and event["status"] == "running"
+
+
+async def test_stream_of_all_jobs_sees_the_callers_jobs_from_another_process(
+    coordinator_factory: CoordinatorFactory, http: aiohttp.ClientSession, db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("events cross processes through PostgreSQL's LISTEN/NOTIFY")
+    a = await coordinator_factory()
+    b = await coordinator_factory()
+    mine, theirs = await a.create_key("client"), await a.create_key("client")
+    for key in (mine, theirs):
+        await a.fund(key.address, 5)
+    seen: list[dict[str, object]] = []
+
+    async def stream() -> None:
+        async with http.get(f"{a.url}/v1/jobs/events", headers=mine.headers) as r:
+            async for raw in r.content:
+                if raw.startswith(b"data: "):
+                    seen.append(json.loads(raw[6:]))
+
+    reader = asyncio.create_task(stream())
+    try:
+        for _ in range(200):  # bounded: until A counts the stream
+            if a.app[METRICS].sse_streams == 1:
+                break
+            await asyncio.sleep(0.02)
+        body = {"model": "m", "input": 1, "max_price": 1}
+        _, other, _ = await call(http, "POST", b.url + "/v1/jobs", theirs, json=body)
+        _, own, _ = await call(http, "POST", b.url + "/v1/jobs", mine, json=body)
+        await call(http, "DELETE", f"{b.url}/v1/jobs/{own['job_id']}", mine)
+        for _ in range(250):
+            if ("cancelled", own["job_id"]) in [(e.get("status"), e["job_id"]) for e in seen]:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        reader.cancel()
+    assert [e["status"] for e in seen if e["job_id"] == own["job_id"]] == ["queued", "cancelled"]
+    assert all(e["job_id"] != other["job_id"] for e in seen)
+    assert all("_owner" not in e and "_job" not in e for e in seen)
