@@ -179,7 +179,7 @@ def test_every_command_is_documented_and_spec_commands_exist(env: dict[str, str]
     }  # fmt: skip
     assert spec <= commands
     docs = (Path(__file__).parents[2] / "docs" / "client.md").read_text()
-    documented = set(re.findall(r"^### `ait ([a-z]+(?: [a-z]+)?)", docs, re.MULTILINE))
+    documented = set(re.findall(r"^### `ait ([a-z][a-z-]*(?: [a-z]+)?)", docs, re.MULTILINE))
     assert documented == commands
     for command in commands:
         result = invoke(env, *command.split(), "--help")
