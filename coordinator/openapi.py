@@ -360,36 +360,36 @@ def _event(name: str, data: Schema, description: str) -> Schema:
     }
 
 
-def _job_events() -> Schema:
-    """`GET /v1/jobs/{job_id}/events`: OpenAPI 3.1 has no schema for a stream, so (as
-    tools read it) `schema` describes each event; comment lines (`: keep-alive`) carry none."""
-    each = {
-        "description": "One event of the stream, as `{event, data}`: `event: status` first "
-        "and on every status change, `event: progress` on progress, `event: end` last (then "
-        "the stream closes). A `: keep-alive` comment comes after 15 s of silence.",
-        "oneOf": [
-            _event("status", _ref("Job"), "The whole job object."),
-            _event("progress", _ref("ProgressEvent"), "Progress reported by the miner."),
-            _event("end", _ref("EndEvent"), "The job's final status; the last event."),
-        ],
-    }
+def _stream(description: str, *events: Schema) -> Schema:
+    """A `text/event-stream` answer. OpenAPI 3.1 has no schema for a stream, so (as tools
+    read it) `schema` describes each event; comment lines (`: keep-alive`) carry none."""
+    each = {"description": description, "oneOf": list(events)}
     return _answer("text/event-stream", each, "A stream of server-sent events")
+
+
+def _job_events() -> Schema:
+    """`GET /v1/jobs/{job_id}/events`: the job now, its changes, then the end."""
+    return _stream(
+        "One event of the stream, as `{event, data}`: `event: status` first and on every "
+        "status change, `event: progress` on progress, `event: end` last (then the stream "
+        "closes). A `: keep-alive` comment comes after 15 s of silence.",
+        _event("status", _ref("Job"), "The whole job object."),
+        _event("progress", _ref("ProgressEvent"), "Progress reported by the miner."),
+        _event("end", _ref("EndEvent"), "The job's final status; the last event."),
+    )
 
 
 def _all_job_events() -> Schema:
     """`GET /v1/jobs/events`: every job of the caller, from connecting on; never ends."""
-    each = {
-        "description": "One event of the stream, as `{event, data}`: `event: status` on every "
-        "status change of any of the caller's jobs (an admin: of any job), `event: progress` "
-        "on progress, `event: dropped` when the client fell so far behind that older events "
-        "were dropped (re-read the jobs). A `: keep-alive` comment comes after 15 s of silence.",
-        "oneOf": [
-            _event("status", _ref("Job"), "The whole job object."),
-            _event("progress", _ref("ProgressEvent"), "Progress reported by the miner."),
-            _event("dropped", _ref("DroppedEvent"), "How many events were dropped."),
-        ],
-    }
-    return _answer("text/event-stream", each, "A stream of server-sent events")
+    return _stream(
+        "One event of the stream, as `{event, data}`: `event: status` on every status change "
+        "of any of the caller's jobs (an admin: of any job), `event: progress` on progress, "
+        "`event: dropped` when the client fell so far behind that older events were dropped "
+        "(re-read the jobs). A `: keep-alive` comment comes after 15 s of silence.",
+        _event("status", _ref("Job"), "The whole job object."),
+        _event("progress", _ref("ProgressEvent"), "Progress reported by the miner."),
+        _event("dropped", _ref("DroppedEvent"), "How many events were dropped."),
+    )
 
 
 def _paths() -> dict[str, Schema]:

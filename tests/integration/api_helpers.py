@@ -34,3 +34,16 @@ async def call(
                 assert {"type", "title", "status", "detail"} <= set(body)
             return resp.status, body, resp.headers
         return resp.status, text, resp.headers
+
+
+async def read_events(resp: aiohttp.ClientResponse, into: list[tuple[str, Any]]) -> None:
+    """Append each server-sent event of `resp` to `into` as (event name, decoded data)."""
+    import json
+
+    name = ""
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            into.append((name, json.loads(line[6:])))

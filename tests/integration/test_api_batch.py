@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from api_helpers import call
+from api_helpers import call, read_events
 from conftest import Coordinator, KeyInfo
 from test_hub_flow import Stack, open_stack
 
@@ -46,16 +45,7 @@ async def watching(
     resp = await http.get(url + "/v1/jobs/events", headers=headers)
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
 
-    async def read() -> None:
-        name = ""
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-
-    reader = asyncio.create_task(read())
+    reader = asyncio.create_task(read_events(resp, events))
     try:
         yield events
     finally:

@@ -7,7 +7,7 @@ import json
 
 import aiohttp
 import pytest
-from api_helpers import call
+from api_helpers import call, read_events
 from conftest import Coordinator, KeyInfo
 
 
@@ -200,13 +200,7 @@ async def test_events_stream_until_the_job_ends(
         async with http.get(url + "/events", headers=funded.headers) as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/event-stream")
-            name = ""
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    events.append((name, json.loads(line[6:])))
+            await read_events(resp, events)
 
     reader = asyncio.create_task(read())
     for _ in range(100):
