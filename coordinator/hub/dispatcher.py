@@ -34,7 +34,13 @@ from protocol.timefmt import now_ms
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # dispatcher safety net when no wake-up comes
-QUEUE_SCAN = 500  # queued jobs considered per round
+QUEUE_SCAN = 500  # queued jobs considered per round, at most
+# A round first reads only the head of the queue, this many jobs per free slot (at least
+# SCAN_MIN): under a backlog, reading and parsing 500 rows to fill a few freed slots was
+# 8% of the coordinator (docs/benchmarks.md, round 6). When the head fills fewer slots than
+# are free (its jobs need other miners), the round reads the full QUEUE_SCAN.
+SCAN_PER_SLOT = 4
+SCAN_MIN = 32
 MAX_ROUNDS = 10  # planning rounds per wake-up before waiting again
 ASSIGNED, LOST, SKIPPED = "assigned", "lost", "skipped"  # outcomes of one claim
 REAP_MIN_S = 0.05
@@ -68,12 +74,16 @@ class Hub:
         free = [c for c in self.registry.connections() if c.free_slots > 0 and c.writable()]
         if not free:
             return False
-        jobs = await lifecycle.list_queued(core, QUEUE_SCAN)
+        snapshots = [c.snapshot() for c in free]
+        free_slots = sum(s.free_slots for s in snapshots)
+        scan = min(QUEUE_SCAN, max(SCAN_MIN, SCAN_PER_SLOT * free_slots))
+        jobs, pairs = await self._plan(core, snapshots, scan)
+        if len(pairs) < free_slots and len(jobs) == scan < QUEUE_SCAN:
+            scan = QUEUE_SCAN  # the head holds jobs these miners cannot run: look further
+            jobs, pairs = await self._plan(core, snapshots, scan)
         if not jobs:
             return False
         by_id = {j.job_id: j for j in jobs}
-        snapshots = [c.snapshot() for c in free]
-        pairs = plan(await self._demands(core, jobs, snapshots), snapshots)
         # Claim the whole plan at once: the claims share one group commit instead of
         # waiting for a commit each (docs/benchmarks.md: serial claims capped dispatch).
         claims = []
@@ -86,7 +96,16 @@ class Hub:
             claims.append(self._assign(core, conn, by_id[job_id]))
         outcomes = await asyncio.gather(*claims)
         assigned = outcomes.count(ASSIGNED)
-        return (assigned > 0 and len(jobs) == QUEUE_SCAN) or LOST in outcomes
+        return (assigned > 0 and len(jobs) == scan) or LOST in outcomes
+
+    async def _plan(
+        self, core: Core, miners: list[MinerSnapshot], scan: int
+    ) -> tuple[list[Job], list[tuple[str, str]]]:
+        """The first `scan` queued jobs and the (job id, miner id) pairs planned for them."""
+        jobs = await lifecycle.list_queued(core, scan)
+        if not jobs:
+            return jobs, []
+        return jobs, plan(await self._demands(core, jobs, miners), miners)
 
     async def _demands(
         self, core: Core, jobs: list[Job], miners: list[MinerSnapshot]

@@ -1,6 +1,7 @@
 """Two coordinators on one database, each with its own miners (SPEC §8): jobs submitted on
 either are dispatched by both, each claimed once, completed once and paid once; a cancel
-on one reaches a miner connected to the other."""
+on one reaches a miner connected to the other. And a deep queue: the dispatcher reads only
+its head first, yet finds runnable jobs behind a head that no free miner can run."""
 
 from __future__ import annotations
 
@@ -79,3 +80,21 @@ async def test_cancel_on_one_coordinator_stops_the_miner_on_the_other(
     # The miner is free and takes the next job, submitted on the first coordinator.
     nxt = await one.submit(client_key)
     await asyncio.wait_for(one.wait_status(client_key, nxt["job_id"], "completed"), 20)
+
+
+async def test_runnable_jobs_behind_a_head_no_free_miner_can_run_are_dispatched(
+    stack_factory: StackFactory,
+) -> None:
+    from coordinator.hub.dispatcher import SCAN_MIN
+
+    stack = await stack_factory()
+    miner_key, _ = await stack.key("miner")
+    client_key, _ = await stack.client(100)
+    await stack.daemon(miner_key)  # one slot, no GPU
+    # More high-priority jobs than the head scan holds, all for a GPU no miner has ...
+    head = {"model": "echo", "input": 1, "priority": "high", "requirements": {"gpu_type": "h100"}}
+    await stack.call("POST", "/v1/jobs/batch", client_key, {"jobs": [head] * (SCAN_MIN + 8)}, 201)
+    # ... and behind them a job the miner can run: it still runs.
+    runnable = await stack.submit(client_key)
+    done = await stack.wait_status(client_key, runnable["job_id"], "completed", within_s=15)
+    assert done["attempts"] == 1
