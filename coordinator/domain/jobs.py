@@ -154,16 +154,39 @@ class Job:
     @property
     def units_by_unit(self) -> dict[str, int]:
         """Estimated units by metering unit, as priced at submit (docs/pricing.md)."""
-        found = self.extra.get(UNITS_BY_UNIT)
-        if not isinstance(found, Mapping):
-            return {}
-        return {
-            str(unit): n
-            for unit, n in found.items()
-            if isinstance(n, int) and not isinstance(n, bool) and n >= 1
-        }
+        return metered_units(self.extra)
 
     def units_in(self, unit: str) -> int:
         """Estimated units for a miner that meters in `unit`; jobs stored before the
         per-unit estimate fall back to `estimated_units`."""
         return self.units_by_unit.get(unit, max(1, self.estimated_units))
+
+
+def metered_units(extra: Mapping[str, Any]) -> dict[str, int]:
+    """The per-unit estimates a job's `extra` holds (`UNITS_BY_UNIT`), the valid ones."""
+    found = extra.get(UNITS_BY_UNIT)
+    if not isinstance(found, Mapping):
+        return {}
+    return {
+        str(unit): n
+        for unit, n in found.items()
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1
+    }
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """A queued job as the dispatcher plans with it: the fields that matching and pricing
+    read, not the whole row (the claim reads that, for the jobs it takes)."""
+
+    job_id: str
+    client_address: str
+    chain_id: str
+    model: str
+    priority: Priority
+    requirements: Requirements
+    max_price_uait: int | None
+    estimated_units: int
+    estimated_cost_uait: int
+    created_at_ms: int
+    units_by_unit: Mapping[str, int]

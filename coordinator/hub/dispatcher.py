@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from coordinator.domain.jobs import Job, JobStatus
+from coordinator.domain.jobs import JobStatus, QueuedJob
 from coordinator.domain.matching import JobDemand, MinerSnapshot, over_escrow, plan
 from coordinator.hub.registry import MinerConn, MinerRegistry, demand_of
 from coordinator.service import lifecycle
@@ -100,7 +100,7 @@ class Hub:
 
     async def _plan(
         self, core: Core, miners: list[MinerSnapshot], scan: int
-    ) -> tuple[list[Job], list[tuple[str, str]]]:
+    ) -> tuple[list[QueuedJob], list[tuple[str, str]]]:
         """The first `scan` queued jobs and the (job id, miner id) pairs planned for them."""
         jobs = await lifecycle.list_queued(core, scan)
         if not jobs:
@@ -108,7 +108,7 @@ class Hub:
         return jobs, plan(await self._demands(core, jobs, miners), miners)
 
     async def _demands(
-        self, core: Core, jobs: list[Job], miners: list[MinerSnapshot]
+        self, core: Core, jobs: list[QueuedJob], miners: list[MinerSnapshot]
     ) -> list[JobDemand]:
         """The scheduler's view of the queued jobs; with the client's available balance
         for those a free miner would cost more than their escrow (one read, only then)."""
@@ -129,7 +129,7 @@ class Hub:
             for j, d in zip(jobs, demands, strict=True)
         ]
 
-    async def _assign(self, core: Core, conn: MinerConn, job: Job) -> str:
+    async def _assign(self, core: Core, conn: MinerConn, job: QueuedJob) -> str:
         job_id = job.job_id
         offer = conn.advert.offer(job.model)
         if offer is None:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.domain.jobs import Job, JobStatus
+from coordinator.domain.jobs import Job, JobStatus, QueuedJob
 from coordinator.domain.matching import (
     JobDemand,
     MinerSnapshot,
@@ -77,7 +77,7 @@ class MinerConn:
         return MinerSnapshot(self.miner_id, self.advert.gpus, self.advert.models, self.free_slots)
 
 
-def demand_of(job: Job, available_uait: int | None = None) -> JobDemand:
+def demand_of(job: Job | QueuedJob, available_uait: int | None = None) -> JobDemand:
     """The scheduler's view of a job row (and of its client's available balance, when the
     caller knows it)."""
     req = job.requirements

@@ -24,7 +24,16 @@ from chain import store as ledger_store
 from chain.ledger import Result
 from chain.store import padded
 from coordinator.db import schema
-from coordinator.domain.jobs import TERMINAL, Job, JobStatus, can_transition
+from coordinator.domain.jobs import (
+    TERMINAL,
+    Job,
+    JobStatus,
+    Priority,
+    QueuedJob,
+    Requirements,
+    can_transition,
+    metered_units,
+)
 from coordinator.service.core import Core
 from coordinator.service.jobstate import (
     Change,
@@ -81,10 +90,26 @@ async def get_job(core: Core, job_id: str) -> Job | None:
         return await load_job(conn, job_id)
 
 
-async def list_queued(core: Core, limit: int = 500) -> list[Job]:
+async def list_queued(core: Core, limit: int = 500) -> list[QueuedJob]:
     """Queued jobs in dispatch order: high before normal before low, oldest first."""
     async with core.db.read() as conn:
-        return [job_from_row(row) for row in await conn.execute(_QUEUED, {"q_limit": limit})]
+        rows = await conn.execute(_QUEUED, {"q_limit": limit})
+        return [
+            QueuedJob(
+                job_id=row.job_id,
+                client_address=row.client_address,
+                chain_id=row.chain_id,
+                model=row.model,
+                priority=Priority.from_rank(row.priority),
+                requirements=Requirements.from_json(orjson.loads(row.requirements or "{}")),
+                max_price_uait=row.max_price_uait,
+                estimated_units=row.estimated_units,
+                estimated_cost_uait=row.estimated_cost_uait,
+                created_at_ms=row.created_at_ms,
+                units_by_unit=metered_units(orjson.loads(row.extra or "{}")),
+            )
+            for row in rows
+        ]
 
 
 # Per number of job ids (`padded`), built once: each claim batch runs one.
@@ -118,8 +143,13 @@ _CLAIM_COLUMNS = (
 _MARK_CLAIMED = update_statement(frozenset(_CLAIM_COLUMNS), returning=False)
 
 # Built once: every dispatch round runs it.
+# What the dispatcher plans with (QueuedJob); the claim reads the whole row of what it takes.
+_QUEUED_COLUMNS = (
+    "job_id", "client_address", "chain_id", "model", "priority", "requirements",
+    "max_price_uait", "estimated_units", "estimated_cost_uait", "created_at_ms", "extra",
+)  # fmt: skip
 _QUEUED = (
-    select(*JOB_COLUMNS)
+    select(*(jobs.c[name] for name in _QUEUED_COLUMNS))
     .where(jobs.c.status == JobStatus.QUEUED.value)
     .order_by(jobs.c.priority.desc(), jobs.c.created_at_ms, jobs.c.job_id)
     .limit(bindparam("q_limit"))
