@@ -136,7 +136,9 @@ class BatchLoad(Load):
                 elif line.startswith(b"data: ") and name == b"status":
                     data = orjson.loads(line[6:])
                     if data["status"] in TERMINAL:
-                        self._end(data["job_id"]).set_result(None)
+                        ended = self._end(data["job_id"])
+                        if not ended.done():  # a repeated end must not stop the watcher
+                            ended.set_result(None)
                 elif line.startswith(b"data: ") and name == b"dropped":
                     self._error("events_dropped", orjson.loads(line[6:])["events"])
 
