@@ -25,6 +25,10 @@ class Metrics:
         self.jobs_submitted: Counter[str] = Counter()  # by chain
         self.rate_limited = 0
         self.sse_streams = 0
+        # Miner websocket frames and the messages in them, by direction ("in", "out"):
+        # their ratio is how well batch frames group (protocol/frames.py).
+        self.miner_frames: Counter[str] = Counter()
+        self.miner_messages: Counter[str] = Counter()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests[(method, route, status)] += 1
@@ -54,6 +58,12 @@ class Metrics:
         lines.append(f"ait_rate_limited_total {self.rate_limited}")
         family("ait_sse_streams", "gauge", "Open job event streams.")
         lines.append(f"ait_sse_streams {self.sse_streams}")
+        family("ait_miner_frames_total", "counter", "Miner websocket frames by direction.")
+        for direction, count in sorted(self.miner_frames.items()):
+            lines.append(f"ait_miner_frames_total{_labels({'direction': direction})} {count}")
+        family("ait_miner_messages_total", "counter", "Miner protocol messages by direction.")
+        for direction, count in sorted(self.miner_messages.items()):
+            lines.append(f"ait_miner_messages_total{_labels({'direction': direction})} {count}")
         seen: set[str] = set()
         for name, kind, help_text, gauge_labels, value in gauges:
             if name not in seen:

@@ -14,8 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
 from miner.identity import Identity
+from protocol.frames import BATCH_SUBPROTOCOL
 from protocol.limits import (
     HANDSHAKE_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
@@ -82,6 +84,9 @@ async def open_session(
             open_timeout=HANDSHAKE_TIMEOUT_S,
             ping_interval=10,
             ping_timeout=20,
+            # Offered, not required: a coordinator that does not select it gets (and
+            # sends) one message a frame (protocol/frames.py).
+            subprotocols=[Subprotocol(BATCH_SUBPROTOCOL)],
         )
     except InvalidStatus as exc:
         status = exc.response.status_code

@@ -27,6 +27,7 @@ from miner.connection import Backoff, HandshakeError, open_session, ws_url
 from miner.identity import Identity, load_identity
 from miner.runtime.registry import ModelCache
 from miner.worker import Worker
+from protocol.frames import BATCH_SUBPROTOCOL, FrameSender, decode_frame
 from protocol.messages import (
     Ack,
     Advert,
@@ -44,8 +45,6 @@ from protocol.messages import (
     Result,
     Resume,
     Welcome,
-    decode,
-    encode,
 )
 
 log = logging.getLogger(__name__)
@@ -82,6 +81,7 @@ class MinerDaemon:
         self.rejected: dict[str, str] = {}  # job id -> reject code
         self.sessions = 0  # connections that reached welcome
         self._ws: ClientConnection | None = None
+        self._frames: FrameSender | None = None  # writes to _ws (batched where negotiated)
         self._stop = asyncio.Event()
         self._draining = False
         self._last_renewed = time.monotonic()
@@ -94,6 +94,11 @@ class MinerDaemon:
     @property
     def miner_id(self) -> str:
         return self.identity.miner_id
+
+    @property
+    def batch_frames(self) -> bool:
+        """Whether the current connection negotiated batch frames (protocol/frames.py)."""
+        return self._frames is not None and self._frames.batches
 
     def advert(self) -> Advert:
         return Advert(
@@ -175,33 +180,44 @@ class MinerDaemon:
 
     # -- one connection ---------------------------------------------------------------
     async def _session(self, ws: ClientConnection, welcome: Welcome) -> None:
-        self._ws, self.welcome = ws, welcome
+        batches = ws.subprotocol == BATCH_SUBPROTOCOL
+        frames = FrameSender(ws.send, batches=batches)
+        self._ws, self._frames, self.welcome = ws, frames, welcome
         self.sessions += 1
         self._last_renewed = time.monotonic()
         log.info(
             "connected",
-            extra={"miner_id": welcome.miner_id, "address": welcome.address, "url": self.url},
+            extra={
+                "miner_id": welcome.miner_id,
+                "address": welcome.address,
+                "url": self.url,
+                "batch_frames": batches,
+            },
         )
-        await ws.send(encode(Resume(self.worker.running_ids(), tuple(self.outbox))))
+        await frames.send(Resume(self.worker.running_ids(), tuple(self.outbox)))
         if self._draining:
-            await ws.send(encode(Release((), "shutdown", True)))
+            await frames.send(Release((), "shutdown", True))
         for job_id, pending in list(self.outbox.items()):
-            await ws.send(encode(pending))
+            await frames.send(pending)
             self._sent_at[job_id] = time.monotonic()
             if isinstance(pending, Failed):
                 self.outbox.pop(job_id, None)
         self.connected.set()
-        beats = self._spawn(self._heartbeats(ws, welcome.heartbeat_s))
+        beats = self._spawn(self._heartbeats(frames, welcome.heartbeat_s))
         try:
             async for frame in ws:
                 try:
-                    msg = decode(frame)
+                    messages = decode_frame(frame, batches=batches)
                 except ProtocolError as exc:
-                    log.warning("ignoring a bad frame from the coordinator: %s", exc)
-                    continue
-                await self._handle(msg)
+                    messages = [exc]
+                for msg in messages:
+                    if isinstance(msg, ProtocolError):
+                        log.warning("ignoring a bad frame from the coordinator: %s", msg)
+                        continue
+                    await self._handle(msg)
         finally:
             beats.cancel()
+            self._frames = None
 
     async def _handle(self, msg: Message) -> None:
         self._changed.set()
@@ -267,11 +283,11 @@ class MinerDaemon:
                 self.outbox.pop(job_id, None)
 
     # -- renewals ---------------------------------------------------------------------
-    async def _heartbeats(self, ws: ClientConnection, interval_s: float) -> None:
+    async def _heartbeats(self, frames: FrameSender, interval_s: float) -> None:
         with contextlib.suppress(ConnectionClosed):  # the reader loop notices and reconnects
-            await self._beat(ws, interval_s)
+            await self._beat(frames, interval_s)
 
-    async def _beat(self, ws: ClientConnection, interval_s: float) -> None:
+    async def _beat(self, frames: FrameSender, interval_s: float) -> None:
         while True:
             util = await asyncio.to_thread(gpu.utilisation, self.probe)
             # A job whose result is not answered yet is still ours: keep its lease alive.
@@ -279,12 +295,12 @@ class MinerDaemon:
             held = self.worker.running_ids() + tuple(
                 j for j in pending if j not in self.worker.running
             )
-            await ws.send(encode(Heartbeat(held, util)))
+            await frames.send(Heartbeat(held, util))
             self._last_renewed = time.monotonic()
-            await self._resend_unanswered(ws, pending)
+            await self._resend_unanswered(frames, pending)
             await asyncio.sleep(interval_s)
 
-    async def _resend_unanswered(self, ws: ClientConnection, pending: tuple[str, ...]) -> None:
+    async def _resend_unanswered(self, frames: FrameSender, pending: tuple[str, ...]) -> None:
         """A result the coordinator did not answer (it failed to settle it, or the answer
         was lost) is sent again; a settled one then answers ``duplicate``."""
         now = time.monotonic()
@@ -292,7 +308,7 @@ class MinerDaemon:
             msg = self.outbox.get(job_id)
             if msg is not None and now - self._sent_at.get(job_id, now) > RESULT_RETRY_S:
                 log.info("re-sending an unanswered result", extra={"job_id": job_id})
-                await ws.send(encode(msg))
+                await frames.send(msg)
                 self._sent_at[job_id] = now
 
     def _on_progress(self, job_id: str, percent: int, message: str | None) -> None:
@@ -323,11 +339,11 @@ class MinerDaemon:
 
     # -- helpers ----------------------------------------------------------------------
     async def _send(self, msg: Message) -> bool:
-        ws = self._ws
-        if ws is None:
+        frames = self._frames
+        if frames is None:
             return False
         try:
-            await ws.send(encode(msg))
+            await frames.send(msg)
         except ConnectionClosed:
             return False
         if isinstance(msg, Progress):

@@ -14,6 +14,14 @@ MAX_MESSAGE_BYTES = 48 * 2**20
 MAX_SUMMARY_BYTES = 16 * 2**10
 MAX_PARAMS_BYTES = 64 * 2**10
 
+# Batch frames (protocol/frames.py): messages a frame may hold, the largest message that
+# joins a batch (bigger ones, such as large inputs and outputs, go alone) and the most
+# characters of one batch frame (4 bytes a character at worst stays far below the
+# message bound).
+MAX_BATCH_MESSAGES = 256
+MAX_BATCHED_MESSAGE_CHARS = 64 * 2**10
+MAX_BATCH_FRAME_CHARS = 2**20
+
 MAX_ID_CHARS = 64
 MAX_NAME_CHARS = 128
 MAX_TEXT_CHARS = 2000

@@ -72,8 +72,10 @@ __all__ = [
     "Welcome",
     "auth_payload",
     "decode",
+    "decode_object",
     "encode",
     "gpu_type_matches",
+    "load_json",
     "normalise_gpu_type",
 ]
 
@@ -316,14 +318,23 @@ def encode(msg: Message) -> str:
 
 def decode(frame: str | bytes) -> Message:
     """Parse and validate one frame; ``ProtocolError`` says precisely what is wrong."""
+    return decode_object(load_json(frame))
+
+
+def load_json(frame: str | bytes) -> Any:
+    """The JSON value of a frame, within the size bound (the codec checks its shape)."""
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message is larger than {MAX_MESSAGE_BYTES} bytes")
     try:
-        data = json.loads(frame)
+        return json.loads(frame)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"message is not JSON: {exc}") from None
     except RecursionError:
         raise ProtocolError("message is nested too deeply") from None
+
+
+def decode_object(data: Any) -> Message:
+    """Validate one parsed message object (``decode`` without the JSON parsing)."""
     if not isinstance(data, dict):
         raise ProtocolError("message must be a JSON object")
     version = data.get("v")

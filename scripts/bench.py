@@ -108,7 +108,13 @@ def self_cpu_seconds() -> float:
 async def scrape_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     """The coordinator's own counters from /metrics: group-commit transactions and writes,
     and coalesced requests and writes (by `name{labels}`)."""
-    wanted = ("ait_db_commits_total", "ait_db_writes_total", "ait_db_coalesced_")
+    wanted = (
+        "ait_db_commits_total",
+        "ait_db_writes_total",
+        "ait_db_coalesced_",
+        "ait_miner_frames_total",
+        "ait_miner_messages_total",
+    )
     out: dict[str, float] = {}
     with contextlib.suppress(aiohttp.ClientError):
         async with session.get(url + "/metrics") as response:
@@ -132,6 +138,22 @@ def requests_per_coalesced_write(
         writes = after.get(writes_name, 0) - before.get(writes_name, 0)
         if writes:
             out[kind] = round((value - before.get(name, 0)) / writes, 1)
+    return out
+
+
+def messages_per_frame(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Miner protocol messages per websocket frame in the window, by direction."""
+    out = {}
+    for direction in ("in", "out"):
+        label = f'{{direction="{direction}"}}'
+        frames = after.get("ait_miner_frames_total" + label, 0) - before.get(
+            "ait_miner_frames_total" + label, 0
+        )
+        messages = after.get("ait_miner_messages_total" + label, 0) - before.get(
+            "ait_miner_messages_total" + label, 0
+        )
+        if frames:
+            out[direction] = round(messages / frames, 1)
     return out
 
 
@@ -366,6 +388,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
             "requests_per_coalesced_write": requests_per_coalesced_write(
                 metrics_before, metrics_after
             ),
+            "miner_messages_per_frame": messages_per_frame(metrics_before, metrics_after),
         },
         # CPU time per job settled in the window: steadier than jobs/s on a shared machine.
         cpu_ms_per_settled_job={

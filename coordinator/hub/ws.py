@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from sqlalchemy.exc import DBAPIError
 
 from coordinator.api.middleware import api_key_of
-from coordinator.appkeys import MINER_REGISTRY
+from coordinator.appkeys import METRICS, MINER_REGISTRY
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.hub.registry import MinerConn, MinerRegistry
 from coordinator.hub.results import check_result
@@ -27,6 +27,7 @@ from coordinator.service import lifecycle
 from coordinator.service.core import Core
 from coordinator.service.keys import authenticate
 from coordinator.service.lifecycle import MinerIdentity, Outcome
+from protocol.frames import BATCH_SUBPROTOCOL, FrameSender, decode_frame
 from protocol.ids import new_nonce
 from protocol.keys import miner_id_from_public_key, verify_hex
 from protocol.limits import HANDSHAKE_TIMEOUT_S, MAX_MESSAGE_BYTES
@@ -90,8 +91,14 @@ async def miner_ws(request: web.Request) -> web.StreamResponse:
         raise Forbidden(f"a {key.role} key cannot connect as a miner; use a miner key")
 
     # No permessage-deflate: frames are small JSON, and compressing each one cost the
-    # coordinator about 4% of its CPU under load (docs/benchmarks.md).
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20, compress=False)
+    # coordinator about 4% of its CPU under load (docs/benchmarks.md). A miner that offers
+    # the batch subprotocol gets it (protocol/frames.py); others get one message a frame.
+    ws = web.WebSocketResponse(
+        max_msg_size=MAX_MESSAGE_BYTES,
+        heartbeat=20,
+        compress=False,
+        protocols=(BATCH_SUBPROTOCOL,),
+    )
     await ws.prepare(request)
     session = Session(request.app, core, ws, key.key_id, key.address, request.transport)
     try:
@@ -122,7 +129,10 @@ class Session:
         self.address = address
         self.registry = registry_of(app)
         self.conn: MinerConn | None = None
-        self._send_lock = asyncio.Lock()
+        self.metrics = app[METRICS]
+        self.frames = FrameSender(
+            ws.send_str, batches=ws.ws_protocol == BATCH_SUBPROTOCOL, written=self._count_out
+        )
         self._bad_frames = 0
         self._last_beat = 0.0
         self._last_progress: dict[str, float] = {}
@@ -137,8 +147,7 @@ class Session:
         text = encode(msg)
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S + len(text) / MIN_SEND_BYTES_PER_S):
-                async with self._send_lock:
-                    await self.ws.send_str(text)
+                await self.frames.send_text(text)
         except TimeoutError:
             self._cut_off("left its frames unread")
             return False
@@ -146,6 +155,10 @@ class Session:
             log.info("send to miner failed: %s", exc)
             return False
         return True
+
+    def _count_out(self, messages: int) -> None:
+        self.metrics.miner_frames["out"] += 1
+        self.metrics.miner_messages["out"] += messages
 
     def writable(self) -> bool:
         """False while frames pile up unread: such a miner gets no new assignment."""
@@ -260,25 +273,34 @@ class Session:
             try:
                 if frame.type != WSMsgType.TEXT:  # binary counts as bad, so it is cut off too
                     raise ProtocolError("frames are UTF-8 JSON text; binary frames are refused")
-                msg = decode(frame.data)
+                messages = decode_frame(frame.data, batches=self.frames.batches)
             except ProtocolError as exc:
-                self._bad_frames += 1
-                await self.send(Error("bad-frame", str(exc)))
-                if self._bad_frames >= MAX_BAD_FRAMES:
-                    await self.close(CLOSE_PROTOCOL, "too many bad frames")
-                continue
-            if isinstance(msg, Result):
-                await self._spawn_result(conn, msg)
-                continue
-            named: tuple[str, ...] = (msg.job_id,) if isinstance(msg, Failed) else ()
-            if isinstance(msg, Release):
-                named = msg.job_ids
-            pending = [self._results[j] for j in named if j in self._results]
-            if pending:  # keep frame order for a job whose result is still settling
-                await asyncio.gather(*pending, return_exceptions=True)
-            await self._handle_logged(conn, msg)
+                messages = [exc]
+            self.metrics.miner_frames["in"] += 1
+            self.metrics.miner_messages["in"] += len(messages)
+            for msg in messages:
+                await self._dispatch(conn, msg)
         # Settlements already under way finish before the session ends.
         await asyncio.gather(*self._results.values(), return_exceptions=True)
+
+    async def _dispatch(self, conn: MinerConn, msg: Message | ProtocolError) -> None:
+        """One message of a frame, in frame order (results settle on tasks of their own)."""
+        if isinstance(msg, ProtocolError):
+            self._bad_frames += 1
+            await self.send(Error("bad-frame", str(msg)))
+            if self._bad_frames >= MAX_BAD_FRAMES:
+                await self.close(CLOSE_PROTOCOL, "too many bad frames")
+            return
+        if isinstance(msg, Result):
+            await self._spawn_result(conn, msg)
+            return
+        named: tuple[str, ...] = (msg.job_id,) if isinstance(msg, Failed) else ()
+        if isinstance(msg, Release):
+            named = msg.job_ids
+        pending = [self._results[j] for j in named if j in self._results]
+        if pending:  # keep frame order for a job whose result is still settling
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._handle_logged(conn, msg)
 
     async def _handle_logged(self, conn: MinerConn, msg: Message) -> None:
         for attempt in range(DB_RETRIES + 1):

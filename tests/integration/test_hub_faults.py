@@ -15,6 +15,7 @@ import pytest
 from test_hub_flow import Stack, StackFactory, stacks
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from chain.receipts import build_receipt, sign_receipt
 from coordinator.appkeys import DATABASE
@@ -69,17 +70,25 @@ class RawMiner:
         self.ws, self.key, self.welcome = ws, key, welcome
 
     @classmethod
-    async def connect(cls, url: str, api_key: str, key: PrivateKey | None = None) -> RawMiner:
+    async def connect(
+        cls,
+        url: str,
+        api_key: str,
+        key: PrivateKey | None = None,
+        *,
+        advert: Advert = ADVERT,
+        subprotocols: list[Subprotocol] | None = None,
+    ) -> RawMiner:
         key = key or generate_private_key()
         ws = await connect(
             url.replace("http", "ws") + "/v1/miners/ws",
             additional_headers={"Authorization": f"Bearer {api_key}"},
+            subprotocols=subprotocols,
         )
         challenge = decode(await ws.recv())
         assert isinstance(challenge, Challenge)
-        await ws.send(
-            encode(Hello(public_key_hex(key), sign_hex(key, auth_payload(challenge.nonce)), ADVERT))
-        )
+        signature = sign_hex(key, auth_payload(challenge.nonce))
+        await ws.send(encode(Hello(public_key_hex(key), signature, advert)))
         welcome = decode(await ws.recv())
         if not isinstance(welcome, Welcome):
             await ws.close()
@@ -144,8 +153,10 @@ async def raw() -> AsyncIterator[RawFactory]:
     """``await raw(url, api_key, key=None)``: a RawMiner, closed after the test."""
     opened: list[RawMiner] = []
 
-    async def connect(url: str, api_key: str, key: PrivateKey | None = None) -> RawMiner:
-        miner = await RawMiner.connect(url, api_key, key)
+    async def connect(
+        url: str, api_key: str, key: PrivateKey | None = None, **options: Any
+    ) -> RawMiner:
+        miner = await RawMiner.connect(url, api_key, key, **options)
         opened.append(miner)
         return miner
 

@@ -1,0 +1,129 @@
+"""Batch frames on a real coordinator (docs/protocol.md, "Batch frames"): a miner that
+offers the subprotocol gets assignments and answers grouped into JSON-array frames and may
+send its results that way; a bad member is refused on its own; a miner that did not
+negotiate it gets one message a frame and has an array refused; the daemon negotiates it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_hub_faults import ADVERT, RawMiner, _output
+from test_hub_flow import Stack, StackFactory, stacks
+from websockets.typing import Subprotocol
+
+from protocol.frames import BATCH_SUBPROTOCOL, decode_frame
+from protocol.messages import Ack, Advert, Assign, Error, Message, Progress, encode
+
+BATCHES = [Subprotocol(BATCH_SUBPROTOCOL)]
+EIGHT_SLOTS = Advert(ADVERT.gpus, ADVERT.models, 8, ADVERT.software_version)
+
+
+@pytest.fixture
+async def stack(
+    coordinator_factory: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> AsyncIterator[Stack]:
+    make: StackFactory
+    async with stacks(coordinator_factory, tmp_path) as make:
+        yield await make()
+
+
+async def _frames_until(miner: RawMiner, kind: type[Any], count: int) -> list[list[Message]]:
+    """Frames (each as its messages) until `count` messages of `kind` have arrived."""
+    frames: list[list[Message]] = []
+    while sum(isinstance(m, kind) for f in frames for m in f) < count:
+        decoded = decode_frame(await miner.ws.recv(), batches=True)
+        assert not any(isinstance(m, Exception) for m in decoded), decoded
+        frames.append([m for m in decoded if not isinstance(m, Exception)])
+    return frames
+
+
+async def _metric(stack: Stack, name: str) -> float:
+    async with stack.http.get(stack.url + "/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def test_batched_assignments_results_and_acks(stack: Stack) -> None:
+    miner_key, _ = await stack.key("miner")
+    client_key, _ = await stack.client(100)
+    jobs = [(await stack.submit(client_key, input={"n": i}))["job_id"] for i in range(8)]
+    miner = await RawMiner.connect(stack.url, miner_key, advert=EIGHT_SLOTS, subprotocols=BATCHES)
+    try:
+        assert miner.ws.subprotocol == BATCH_SUBPROTOCOL
+        frames = await _frames_until(miner, Assign, 8)
+        assigns = [m for f in frames for m in f if isinstance(m, Assign)]
+        assert sorted(a.job_id for a in assigns) == sorted(jobs)
+        # The eight were claimed in one round: they share frames instead of one each.
+        assert max(len(f) for f in frames) > 1
+
+        in_frames = await _metric(stack, 'ait_miner_frames_total{direction="in"}')
+        results = [encode(miner.result(a, _output(a))) for a in assigns]
+        await miner.ws.send("[" + ",".join(results) + "]")
+        frames = await _frames_until(miner, Ack, 8)
+        acks = [m.job_id for f in frames for m in f if isinstance(m, Ack)]
+        assert sorted(acks) == sorted(jobs)
+        assert max(len(f) for f in frames) > 1
+        for job_id in jobs:
+            await stack.wait_status(client_key, job_id, "completed")
+        # One frame in carried the eight results.
+        assert await _metric(stack, 'ait_miner_frames_total{direction="in"}') == in_frames + 1
+    finally:
+        await miner.ws.close()
+
+
+async def test_a_bad_member_is_refused_alone(stack: Stack) -> None:
+    miner_key, _ = await stack.key("miner")
+    client_key, _ = await stack.client(100)
+    job_id = (await stack.submit(client_key))["job_id"]
+    miner = await RawMiner.connect(stack.url, miner_key, subprotocols=BATCHES)
+    try:
+        [a] = [m for f in await _frames_until(miner, Assign, 1) for m in f]
+        assert isinstance(a, Assign)
+        bad = json.dumps({"v": 1, "type": "progress", "job_id": a.job_id, "percent": 900})
+        await miner.ws.send(
+            f"[{encode(Progress(a.job_id, 50))},{bad},{encode(miner.result(a, _output(a)))}]"
+        )
+        frames = await _frames_until(miner, Ack, 1)
+        errors = [m for f in frames for m in f if isinstance(m, Error)]
+        assert len(errors) == 1 and errors[0].code == "bad-frame"
+        assert errors[0].message.startswith("batch message 1: ") and "percent" in errors[0].message
+        await stack.wait_status(client_key, job_id, "completed")
+    finally:
+        await miner.ws.close()
+
+
+async def test_without_the_subprotocol_frames_stay_single(stack: Stack) -> None:
+    miner_key, _ = await stack.key("miner")
+    client_key, _ = await stack.client(100)
+    jobs = [(await stack.submit(client_key, input={"n": i}))["job_id"] for i in range(4)]
+    miner = await RawMiner.connect(stack.url, miner_key, advert=EIGHT_SLOTS)
+    try:
+        assert miner.ws.subprotocol is None
+        frames = await _frames_until(miner, Assign, 4)
+        assert all(len(f) == 1 for f in frames)  # every frame one object
+        assigns = [m for f in frames for m in f if isinstance(m, Assign)]
+        await miner.ws.send("[" + encode(miner.result(assigns[0], _output(assigns[0]))) + "]")
+        err = await miner.recv(Error)
+        assert err.code == "bad-frame" and BATCH_SUBPROTOCOL in err.message
+        for a in assigns:
+            await miner.send(miner.result(a, _output(a)))
+        for job_id in jobs:
+            await stack.wait_status(client_key, job_id, "completed")
+    finally:
+        await miner.ws.close()
+
+
+async def test_the_daemon_negotiates_batch_frames(stack: Stack) -> None:
+    miner_key, _ = await stack.key("miner")
+    client_key, _ = await stack.client(100)
+    daemon = await stack.daemon(miner_key, max_concurrency=4)
+    assert daemon.batch_frames
+    jobs = [(await stack.submit(client_key, input={"n": i}))["job_id"] for i in range(6)]
+    for job_id in jobs:
+        await stack.wait_status(client_key, job_id, "completed")
