@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 class MinerRegistryProtocol(Protocol):
     """What the REST API asks the hub's in-process miner registry."""
 
-    def queue_reason(self, job: Job) -> str | None:
-        """A sentence saying why a queued job is not running now; None if it should run."""
+    def queue_reasons(self, jobs: Sequence[Job]) -> list[str | None]:
+        """For each job, a sentence saying why it is queued and not running now; None for
+        a job that is not queued or should run."""
 
     def never_matches_reason(self, job: Job) -> str | None:
         """Why no connected or registered miner could ever run the job (model/requirements,

@@ -5,13 +5,14 @@ too (PostgreSQL NOTIFY). Registered before `/v1/jobs/{job_id}` (coordinator.app)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from coordinator.api.common import caller
-from coordinator.api.jobs import queue_reason
+from coordinator.api.jobs import queue_reason, queue_reasons
 from coordinator.appkeys import METRICS
 from coordinator.bus import JOB_OWNER, JOB_SNAPSHOT, Subscription
 from coordinator.domain.jobs import TERMINAL, Job
@@ -101,10 +102,8 @@ async def all_events(request: web.Request) -> web.StreamResponse:
                     chunks.append(_sse("dropped", {"events": sub.dropped - reported_drops}))
                     reported_drops = sub.dropped
                 # Events that arrived together (a commit's worth) go out in one write.
-                for each in (event, *sub.take_ready(EVENTS_PER_WRITE)):
-                    chunk = await _all_events_chunk(request, core, key, each)
-                    if chunk:
-                        chunks.append(chunk)
+                batch = (event, *sub.take_ready(EVENTS_PER_WRITE))
+                chunks += await _all_events_chunks(request, core, key, batch)
                 if chunks:
                     await response.write(b"".join(chunks))
         except ConnectionResetError:
@@ -114,20 +113,25 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _all_events_chunk(
-    request: web.Request, core: Core, key: ApiKey, event: dict[str, Any]
-) -> bytes:
-    """What the stream of all jobs sends for a bus event: nothing for other clients' jobs
-    and for cancel notices (they are for miners)."""
-    kind = event.get("type")
-    if kind not in ("status", "progress"):
-        return b""
-    job = await _event_job(core, key, event)
-    if job is None:
-        return b""
-    if kind == "progress":
-        return _sse("progress", _public(event))
-    return _sse("status", job_view(job, queue_reason(request, job)))
+async def _all_events_chunks(
+    request: web.Request, core: Core, key: ApiKey, events: Sequence[dict[str, Any]]
+) -> list[bytes]:
+    """What the stream of all jobs sends for bus events, in order: nothing for other
+    clients' jobs and for cancel notices (they are for miners)."""
+    shown: list[tuple[dict[str, Any], Job]] = []
+    for event in events:
+        if event.get("type") in ("status", "progress"):
+            job = await _event_job(core, key, event)
+            if job is not None:
+                shown.append((event, job))
+    statuses = [job for event, job in shown if event["type"] == "status"]
+    reasons = iter(queue_reasons(request, statuses))
+    return [
+        _sse("progress", _public(event))
+        if event["type"] == "progress"
+        else _sse("status", job_view(job, next(reasons)))
+        for event, job in shown
+    ]
 
 
 async def _event_job(core: Core, key: ApiKey, event: dict[str, Any]) -> Job | None:

@@ -5,6 +5,7 @@ are never taken for a job id."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -55,13 +56,24 @@ def _registry(request: web.Request) -> Any:
     return request.app.get(MINER_REGISTRY)
 
 
-def queue_reason(request: web.Request, job: Any) -> str | None:
-    if job.status != JobStatus.QUEUED:
-        return None
+def queue_reason(request: web.Request, job: Job) -> str | None:
+    [reason] = queue_reasons(request, [job])
+    return reason
+
+
+def queue_reasons(request: web.Request, jobs: Sequence[Job]) -> list[str | None]:
+    """Why each queued job waits (None for the others); alike jobs share one answer."""
     registry = _registry(request)
     if registry is None:
-        return "no miner hub is running on this coordinator"
-    return registry.queue_reason(job) or "waiting for the dispatcher to assign it"
+        return [
+            "no miner hub is running on this coordinator" if j.status == JobStatus.QUEUED else None
+            for j in jobs
+        ]
+    waiting = "waiting for the dispatcher to assign it"
+    return [
+        reason or (waiting if j.status == JobStatus.QUEUED else None)
+        for j, reason in zip(jobs, registry.queue_reasons(jobs), strict=True)
+    ]
 
 
 def parse_job_request(core: Core, data: dict[str, Any], has_file: bool) -> job_service.JobRequest:
@@ -152,10 +164,10 @@ async def submit(request: web.Request) -> web.Response:
     req = parse_job_request(core, data, upload is not None)
     job = await job_service.submit(core, _registry(request), key, req, upload)
     request.app[METRICS].jobs_submitted[job.chain_id] += 1
-    return json_response(_accepted(request, job), status=201)
+    return json_response(_accepted(request, job, queue_reason(request, job)), status=201)
 
 
-def _accepted(request: web.Request, job: Job) -> dict[str, Any]:
+def _accepted(request: web.Request, job: Job, reason: str | None) -> dict[str, Any]:
     """The answer to a submit: the job as accepted (queued, with its estimate)."""
     return {
         "job_id": job.job_id,
@@ -165,7 +177,7 @@ def _accepted(request: web.Request, job: Job) -> dict[str, Any]:
         "chain_id": job.chain_id,
         "created_at": iso_ms(job.created_at_ms),
         "input_sha256": job.input_sha256,
-        "queue_reason": queue_reason(request, job),
+        "queue_reason": reason,
     }
 
 
@@ -179,7 +191,11 @@ async def submit_batch(request: web.Request) -> web.Response:
     submitted = request.app[METRICS].jobs_submitted
     for job in jobs:
         submitted[job.chain_id] += 1
-    return json_response({"jobs": [_accepted(request, job) for job in jobs]}, status=201)
+    accepted = [
+        _accepted(request, job, reason)
+        for job, reason in zip(jobs, queue_reasons(request, jobs), strict=True)
+    ]
+    return json_response({"jobs": accepted}, status=201)
 
 
 def parse_batch(core: Core, data: dict[str, Any]) -> list[job_service.JobRequest]:

@@ -221,3 +221,38 @@ async def test_a_reader_that_fell_behind_is_told_how_many_events_it_lost(
         await seen(events, lambda e: len(e) == 5, "the drop notice and the four kept")
     assert events[0] == ("dropped", {"events": 6})
     assert [d["progress"] for _, d in events[1:]] == [6, 7, 8, 9]
+
+
+async def test_each_job_of_a_batch_gets_its_own_queue_reason(tmp_path: Path) -> None:
+    async with open_stack(tmp_path) as stack:
+        miner_key, _ = await stack.key("miner")
+        client_key, _ = await stack.client(100)
+        await stack.daemon(miner_key)  # serves echo on a CPU, one job at a time
+        busy = await stack.submit(client_key, params={"delay_ms": 3000})
+        await stack.wait_status(client_key, busy["job_id"], "running")
+        headers = {"Authorization": f"Bearer {client_key}"}
+        unserved = {"model": "gpt2", "input": "hi", "max_price": 1}
+        on_a100 = {"model": "echo", "input": 1, "requirements": {"gpu_type": "a100"}}
+        plain = {"model": "echo", "input": 2}
+        body = {"jobs": [plain, unserved, on_a100, unserved, on_a100]}
+        async with watching(stack.http, stack.url, headers) as events:
+            answer = await stack.call("POST", "/v1/jobs/batch", client_key, body, expect=201)
+            reasons = [j["queue_reason"] for j in answer["jobs"]]
+            assert reasons == [
+                "the only matching miner is busy",
+                "no connected miner serves model gpt2",
+                "1 miner serves echo but none has gpu_type a100",
+                "no connected miner serves model gpt2",
+                "1 miner serves echo but none has gpu_type a100",
+            ]
+            ids = [j["job_id"] for j in answer["jobs"]]
+
+            def shown(events: list[Event]) -> dict[str, str]:
+                return {
+                    d["job_id"]: d["queue_reason"]
+                    for n, d in events
+                    if n == "status" and d["status"] == "queued"
+                }
+
+            await seen(events, lambda e: set(ids) <= set(shown(e)), "the five queued jobs")
+            assert [shown(events)[i] for i in ids] == reasons
