@@ -291,6 +291,12 @@ def test_every_example_in_docs_protocol_decodes() -> None:
     from pathlib import Path
 
     text = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    from protocol.frames import decode_frame
+
     blocks = re.findall(r"```json\n(.*?)```", text, flags=re.S)
-    seen = {decode(block).TYPE for block in blocks}
-    assert seen == {m.TYPE for m in MESSAGE_TYPES}
+    decoded = [m for block in blocks for m in decode_frame(block, batches=True)]
+    assert not [m for m in decoded if isinstance(m, ProtocolError)]
+    assert {m.TYPE for m in decoded if not isinstance(m, ProtocolError)} == {
+        m.TYPE for m in MESSAGE_TYPES
+    }
+    assert any(block.lstrip().startswith("[") for block in blocks)  # the batch example
