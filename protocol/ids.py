@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 
 API_KEY_PREFIX = "ait_"
 
 
-def new_job_id() -> str:
-    return "job_" + secrets.token_hex(10)
+_SEQ_LOCK = threading.Lock()
+_last_ms, _seq = -1, 0
+
+
+def new_job_id(at_ms: int) -> str:
+    """``job_`` + 24 hex digits: the creation time (Unix ms, 12 digits), a sequence within
+    that millisecond (4 digits) and 32 random bits. Jobs are listed newest first with ties
+    on ``created_at`` broken by id, so ids one process makes in the same millisecond (a
+    batch, a quick client) keep the order they were submitted in; the random part keeps
+    ids of different processes apart."""
+    global _last_ms, _seq
+    with _SEQ_LOCK:
+        _seq = _seq + 1 if at_ms == _last_ms else 0
+        _last_ms = at_ms
+        seq = min(_seq, 0xFFFF)
+    return f"job_{at_ms & 0xFFFF_FFFF_FFFF:012x}{seq:04x}{secrets.token_hex(4)}"
 
 
 def new_file_id() -> str:

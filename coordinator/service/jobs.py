@@ -183,7 +183,7 @@ async def _priced_job(
     from coordinator.service.files import new_file_row
 
     now = now_ms()
-    job_id = new_job_id()
+    job_id = new_job_id(now)
     file_row = new_file_row(key.address, upload, now) if upload is not None else None
     input_file_id = file_row["file_id"] if file_row else req.input_file_id
     if input_file_id is None:

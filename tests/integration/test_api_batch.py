@@ -83,6 +83,12 @@ async def test_batch_accepts_every_job_in_order_and_holds_each(
     for sent, got in zip(body["jobs"], accepted, strict=True):
         _, view, _ = await call(http, "GET", f"{coordinator.url}/v1/jobs/{got['job_id']}", funded)
         assert view["name"] == sent["name"] and view["status"] == "queued"
+    # Newest first, even for jobs created in the same millisecond: the batch's last job
+    # is the latest.
+    _, page, _ = await call(http, "GET", coordinator.url + "/v1/jobs", funded)
+    assert [j["job_id"] for j in page["jobs"]] == [j["job_id"] for j in reversed(accepted)]
+    _, latest, _ = await call(http, "GET", coordinator.url + "/v1/jobs/latest", funded)
+    assert latest["job_id"] == accepted[-1]["job_id"]
 
 
 async def test_batch_beyond_the_balance_writes_nothing(
