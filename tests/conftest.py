@@ -7,110 +7,38 @@
   are off in it (tests make many calls); `coordinator_factory(**settings)` starts one with
   other settings (e.g. the default rate limits).
 - `client_key`, `admin_key`: `KeyInfo(api_key, key_id, role, address)` made on it.
+
+The classes and helpers the fixtures use live in `ait_harness` (import them from there).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import socket
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from ait_harness import (
+    NO_RATE_LIMITS,
+    Coordinator,
+    CoordinatorFactory,
+    KeyInfo,
+    drop_template,
+    fresh_postgres_database,
+    require_postgres,
+    serve,
+)
 
-from chain import store as ledger_store
-from chain.ledger import Result
 from coordinator.app import create_app
-from coordinator.appkeys import DATABASE
-from coordinator.db.database import Database
-from coordinator.service.keys import create_key
-from coordinator.settings import RateLimit, Settings
-from protocol.money import ait_to_uait
-from protocol.timefmt import now_ms
-
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
-NO_RATE_LIMITS = MappingProxyType({role: RateLimit(0, 0) for role in ("client", "miner", "admin")})
-
-
-def _postgres_reachable() -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((PG_HOST, PG_PORT), timeout=1):
-        return True
-    return False
-
-
-def require_postgres() -> None:
-    """Skip (or fail, when AIT_REQUIRE_POSTGRES=1) without a PostgreSQL server."""
-    if _postgres_reachable():
-        return
-    message = f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}"
-    if os.environ.get("AIT_REQUIRE_POSTGRES") == "1":
-        pytest.fail(message + " and AIT_REQUIRE_POSTGRES=1")
-    pytest.skip(message)
-
-
-_template: list[str] = []  # this session's migrated template database, made on first use
-
-
-async def _migrated_template(admin: Any) -> str:
-    """A database with the current schema, copied for each test (CREATE DATABASE ...
-    TEMPLATE is much cheaper than migrating every fresh database)."""
-    if not _template:
-        name = f"ait_tpl_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        db = await Database.open(
-            f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}", start_writer=False
-        )
-        await db.close()
-        _template.append(name)
-    return _template[0]
+from coordinator.settings import Settings
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _drop_template() -> Iterator[None]:
     yield
-    if _template:
-        import asyncpg
-
-        async def drop() -> None:
-            admin = await asyncpg.connect(PG_ADMIN_DSN)
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{_template[0]}" WITH (FORCE)')
-            finally:
-                await admin.close()
-
-        asyncio.run(drop())
-
-
-@contextlib.asynccontextmanager
-async def fresh_postgres_database() -> AsyncIterator[str]:
-    """A new database (current schema, no rows) for one test; its SQLAlchemy URL.
-    Dropped afterwards."""
-    import asyncpg
-
-    name = f"ait_test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        template = await _migrated_template(admin)
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        await admin.close()
-    try:
-        yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    drop_template()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -121,63 +49,6 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     require_postgres()
     async with fresh_postgres_database() as url:
         yield url
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    api_key: str
-    key_id: str
-    role: str
-    address: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-
-@dataclass
-class Coordinator:
-    """A running coordinator: `.url`, `.settings`, `.app`, `.db` and helpers."""
-
-    url: str
-    settings: Settings
-    app: web.Application
-    _keys: list[KeyInfo] = field(default_factory=list)
-
-    @property
-    def db(self) -> Database:
-        return self.app[DATABASE]
-
-    async def create_key(
-        self, role: str = "client", name: str | None = None, address: str | None = None
-    ) -> KeyInfo:
-        api_key, record, _ = await create_key(self.db, role, name, address, self.settings.data_dir)
-        info = KeyInfo(api_key, record.key_id, record.role, record.address)
-        self._keys.append(info)
-        return info
-
-    async def fund(
-        self, address: str, amount_ait: float | int | str, chain_id: str | None = None
-    ) -> None:
-        """Mint AIT to `address` directly in the ledger (any chain, faucet or not)."""
-        chain = chain_id or self.settings.default_chain
-        amount = ait_to_uait(amount_ait)
-        transfer_id = f"mint:{uuid.uuid4().hex}"
-
-        async def op(conn: Any) -> Result:
-            return await ledger_store.mint(conn, transfer_id, chain, address, amount, now_ms())
-
-        result = await self.db.write(op)
-        assert result == Result.CREATED, result
-
-    async def balance_uait(self, address: str, chain_id: str | None = None) -> tuple[int, int]:
-        """(available, held) in micro-AIT."""
-        async with self.db.read() as conn:
-            bal = await ledger_store.balance(conn, chain_id or self.settings.default_chain, address)
-        return bal.available_uait, bal.held_uait
-
-
-CoordinatorFactory = Callable[..., Awaitable[Coordinator]]
 
 
 @pytest.fixture
@@ -199,24 +70,11 @@ async def coordinator_factory(db_url: str, tmp_path: Path) -> AsyncIterator[Coor
         settings = Settings(**values)
 
         app = create_app(settings)
-        url = await stack.enter_async_context(_serve(app))
+        url = await stack.enter_async_context(serve(app))
         return Coordinator(url, settings, app)
 
     async with stack:
         yield start
-
-
-@contextlib.asynccontextmanager
-async def _serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -238,6 +96,3 @@ async def admin_key(coordinator: Coordinator) -> KeyInfo:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-__all__ = ["Coordinator", "KeyInfo", "fresh_postgres_database", "require_postgres"]

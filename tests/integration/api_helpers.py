@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-from conftest import KeyInfo
+from ait_harness import KeyInfo
 
 
 async def call(

@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ait_harness import Coordinator, KeyInfo
 from api_helpers import call, read_events
-from conftest import Coordinator, KeyInfo
 from test_hub_flow import Stack, open_stack
 
 Event = tuple[str, dict[str, Any]]

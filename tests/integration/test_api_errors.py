@@ -7,8 +7,8 @@ from types import MappingProxyType
 
 import aiohttp
 import pytest
+from ait_harness import Coordinator, CoordinatorFactory, KeyInfo
 from api_helpers import call
-from conftest import Coordinator, CoordinatorFactory, KeyInfo
 
 from coordinator.service.keys import revoke_key
 from coordinator.settings import RateLimit

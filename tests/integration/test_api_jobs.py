@@ -7,8 +7,8 @@ import json
 
 import aiohttp
 import pytest
+from ait_harness import Coordinator, KeyInfo
 from api_helpers import call, read_events
-from conftest import Coordinator, KeyInfo
 
 
 async def submit(

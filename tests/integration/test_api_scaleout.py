@@ -8,8 +8,8 @@ import json
 
 import aiohttp
 import pytest
+from ait_harness import PG_ADMIN_DSN, CoordinatorFactory
 from api_helpers import call
-from conftest import PG_ADMIN_DSN, CoordinatorFactory
 
 from coordinator.appkeys import METRICS
 from coordinator.service.jobs import admit_many

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from ait_harness import Coordinator, KeyInfo
 from api_helpers import call
-from conftest import Coordinator, KeyInfo
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from coordinator.openapi import build_openapi

@@ -8,8 +8,8 @@ import hashlib
 
 import aiohttp
 import pytest
+from ait_harness import Coordinator, CoordinatorFactory, KeyInfo
 from api_helpers import call
-from conftest import Coordinator, CoordinatorFactory, KeyInfo
 
 from chain.ledger import TREASURY_ADDRESS
 from chain.receipts import build_receipt, sign_receipt, verify_receipt

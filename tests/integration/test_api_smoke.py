@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
-from conftest import Coordinator, KeyInfo
+from ait_harness import Coordinator, KeyInfo
 
 
 async def test_submit_and_read_back(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import aiohttp
+from ait_harness import Coordinator, KeyInfo
 from api_helpers import call
-from conftest import Coordinator, KeyInfo
 
 from protocol.keys import public_key_hex
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import Coordinator, CoordinatorFactory, KeyInfo
+from ait_harness import Coordinator, CoordinatorFactory, KeyInfo
 
 from chain.blocks import block_hash, verify_header_signature
 from chain.merkle import verify_proof

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import aiohttp
-from conftest import Coordinator, CoordinatorFactory, KeyInfo
+from ait_harness import Coordinator, CoordinatorFactory, KeyInfo
 
 from chain.verify import verify_chain
 from protocol.money import ait_to_uait

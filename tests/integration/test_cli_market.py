@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CoordinatorFactory
+from ait_harness import CoordinatorFactory
 from typer.testing import CliRunner
 
 from client.cli import app as ait

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import CoordinatorFactory
+from ait_harness import CoordinatorFactory
 
 from miner.config import MinerSettings
 from miner.daemon import MinerDaemon

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import jsonschema  # type: ignore[import-untyped]  # a dependency of openapi-spec-validator
 import pytest
-from conftest import Coordinator, CoordinatorFactory
+from ait_harness import Coordinator, CoordinatorFactory
 
 from client import errors
 from client.sdk import CoordinatorClient

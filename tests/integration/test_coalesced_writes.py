@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from ait_harness import Coordinator, CoordinatorFactory, KeyInfo
 from api_helpers import call
-from conftest import Coordinator, CoordinatorFactory, KeyInfo
 from sqlalchemy import select
 from test_api_settlement import PRICE, Miner, _submit
 

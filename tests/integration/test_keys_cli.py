@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from ait_harness import Coordinator
 from api_helpers import call
-from conftest import Coordinator
 from typer.testing import CliRunner
 
 from coordinator.cli import app
