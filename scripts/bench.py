@@ -169,6 +169,18 @@ async def create_pg_database() -> str:
     return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
 
+async def drop_pg_database(db_url: str) -> None:
+    """Drop the database `create_pg_database` made (each run used to leave one behind)."""
+    import asyncpg
+
+    name = db_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 class Cluster:
     """Coordinator + miner processes on 127.0.0.1, torn down on exit."""
 
@@ -496,6 +508,8 @@ async def main_async(argv: list[str]) -> int:
             result = await run_load(args, cluster)
     finally:
         cluster.stop()
+        if db_url:
+            await drop_pg_database(db_url)
     report = {
         "mode": "connections" if args.connections else ("open" if args.offered_rate else "closed"),
         "config": {k: v for k, v in vars(args).items()},
