@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,40 @@ async def stack(
         yield await make()
 
 
+@dataclass(frozen=True)
+class Keys:
+    miner: str
+    client: str  # funded with 100 AIT
+
+
+@pytest.fixture
+async def keys(stack: Stack) -> Keys:
+    miner_key, _ = await stack.key("miner")
+    client_key, _ = await stack.client(100)
+    return Keys(miner_key, client_key)
+
+
+Connect = Callable[..., Awaitable[RawMiner]]
+
+
+@pytest.fixture
+async def raw(stack: Stack, keys: Keys) -> AsyncIterator[Connect]:
+    """`await raw(**options)`: a RawMiner on the stack with the miner key, closed after."""
+    opened: list[RawMiner] = []
+
+    async def connect(**options: Any) -> RawMiner:
+        opened.append(await RawMiner.connect(stack.url, keys.miner, **options))
+        return opened[-1]
+
+    yield connect
+    for miner in opened:
+        await miner.ws.close()
+
+
+async def _submit(stack: Stack, keys: Keys, count: int) -> list[str]:
+    return [(await stack.submit(keys.client, input={"n": i}))["job_id"] for i in range(count)]
+
+
 async def _frames_until(miner: RawMiner, kind: type[Any], count: int) -> list[list[Message]]:
     """Frames (each as its messages) until `count` messages of `kind` have arrived."""
     frames: list[list[Message]] = []
@@ -49,81 +84,64 @@ async def _metric(stack: Stack, name: str) -> float:
     return 0.0
 
 
-async def test_batched_assignments_results_and_acks(stack: Stack) -> None:
-    miner_key, _ = await stack.key("miner")
-    client_key, _ = await stack.client(100)
-    jobs = [(await stack.submit(client_key, input={"n": i}))["job_id"] for i in range(8)]
-    miner = await RawMiner.connect(stack.url, miner_key, advert=EIGHT_SLOTS, subprotocols=BATCHES)
-    try:
-        assert miner.ws.subprotocol == BATCH_SUBPROTOCOL
-        frames = await _frames_until(miner, Assign, 8)
-        assigns = [m for f in frames for m in f if isinstance(m, Assign)]
-        assert sorted(a.job_id for a in assigns) == sorted(jobs)
-        # The eight were claimed in one round: they share frames instead of one each.
-        assert max(len(f) for f in frames) > 1
+async def test_batched_assignments_results_and_acks(stack: Stack, keys: Keys, raw: Connect) -> None:
+    jobs = await _submit(stack, keys, 8)
+    miner = await raw(advert=EIGHT_SLOTS, subprotocols=BATCHES)
+    assert miner.ws.subprotocol == BATCH_SUBPROTOCOL
+    frames = await _frames_until(miner, Assign, 8)
+    assigns = [m for f in frames for m in f if isinstance(m, Assign)]
+    assert sorted(a.job_id for a in assigns) == sorted(jobs)
+    # The eight were claimed in one round: they share frames instead of one each.
+    assert max(len(f) for f in frames) > 1
 
-        in_frames = await _metric(stack, 'ait_miner_frames_total{direction="in"}')
-        results = [encode(miner.result(a, _output(a))) for a in assigns]
-        await miner.ws.send("[" + ",".join(results) + "]")
-        frames = await _frames_until(miner, Ack, 8)
-        acks = [m.job_id for f in frames for m in f if isinstance(m, Ack)]
-        assert sorted(acks) == sorted(jobs)
-        assert max(len(f) for f in frames) > 1
-        for job_id in jobs:
-            await stack.wait_status(client_key, job_id, "completed")
-        # One frame in carried the eight results.
-        assert await _metric(stack, 'ait_miner_frames_total{direction="in"}') == in_frames + 1
-    finally:
-        await miner.ws.close()
-
-
-async def test_a_bad_member_is_refused_alone(stack: Stack) -> None:
-    miner_key, _ = await stack.key("miner")
-    client_key, _ = await stack.client(100)
-    job_id = (await stack.submit(client_key))["job_id"]
-    miner = await RawMiner.connect(stack.url, miner_key, subprotocols=BATCHES)
-    try:
-        [a] = [m for f in await _frames_until(miner, Assign, 1) for m in f]
-        assert isinstance(a, Assign)
-        bad = json.dumps({"v": 1, "type": "progress", "job_id": a.job_id, "percent": 900})
-        await miner.ws.send(
-            f"[{encode(Progress(a.job_id, 50))},{bad},{encode(miner.result(a, _output(a)))}]"
-        )
-        frames = await _frames_until(miner, Ack, 1)
-        errors = [m for f in frames for m in f if isinstance(m, Error)]
-        assert len(errors) == 1 and errors[0].code == "bad-frame"
-        assert errors[0].message.startswith("batch message 1: ") and "percent" in errors[0].message
-        await stack.wait_status(client_key, job_id, "completed")
-    finally:
-        await miner.ws.close()
-
-
-async def test_without_the_subprotocol_frames_stay_single(stack: Stack) -> None:
-    miner_key, _ = await stack.key("miner")
-    client_key, _ = await stack.client(100)
-    jobs = [(await stack.submit(client_key, input={"n": i}))["job_id"] for i in range(4)]
-    miner = await RawMiner.connect(stack.url, miner_key, advert=EIGHT_SLOTS)
-    try:
-        assert miner.ws.subprotocol is None
-        frames = await _frames_until(miner, Assign, 4)
-        assert all(len(f) == 1 for f in frames)  # every frame one object
-        assigns = [m for f in frames for m in f if isinstance(m, Assign)]
-        await miner.ws.send("[" + encode(miner.result(assigns[0], _output(assigns[0]))) + "]")
-        err = await miner.recv(Error)
-        assert err.code == "bad-frame" and BATCH_SUBPROTOCOL in err.message
-        for a in assigns:
-            await miner.send(miner.result(a, _output(a)))
-        for job_id in jobs:
-            await stack.wait_status(client_key, job_id, "completed")
-    finally:
-        await miner.ws.close()
-
-
-async def test_the_daemon_negotiates_batch_frames(stack: Stack) -> None:
-    miner_key, _ = await stack.key("miner")
-    client_key, _ = await stack.client(100)
-    daemon = await stack.daemon(miner_key, max_concurrency=4)
-    assert daemon.batch_frames
-    jobs = [(await stack.submit(client_key, input={"n": i}))["job_id"] for i in range(6)]
+    in_frames = await _metric(stack, 'ait_miner_frames_total{direction="in"}')
+    results = [encode(miner.result(a, _output(a))) for a in assigns]
+    await miner.ws.send("[" + ",".join(results) + "]")
+    frames = await _frames_until(miner, Ack, 8)
+    acks = [m.job_id for f in frames for m in f if isinstance(m, Ack)]
+    assert sorted(acks) == sorted(jobs)
+    assert max(len(f) for f in frames) > 1
     for job_id in jobs:
-        await stack.wait_status(client_key, job_id, "completed")
+        await stack.wait_status(keys.client, job_id, "completed")
+    # One frame in carried the eight results.
+    assert await _metric(stack, 'ait_miner_frames_total{direction="in"}') == in_frames + 1
+
+
+async def test_a_bad_member_is_refused_alone(stack: Stack, keys: Keys, raw: Connect) -> None:
+    [job_id] = await _submit(stack, keys, 1)
+    miner = await raw(subprotocols=BATCHES)
+    [a] = [m for f in await _frames_until(miner, Assign, 1) for m in f]
+    assert isinstance(a, Assign)
+    bad = json.dumps({"v": 1, "type": "progress", "job_id": a.job_id, "percent": 900})
+    good = [encode(Progress(a.job_id, 50)), encode(miner.result(a, _output(a)))]
+    await miner.ws.send(f"[{good[0]},{bad},{good[1]}]")
+    frames = await _frames_until(miner, Ack, 1)
+    errors = [m for f in frames for m in f if isinstance(m, Error)]
+    assert len(errors) == 1 and errors[0].code == "bad-frame"
+    assert errors[0].message.startswith("batch message 1: ") and "percent" in errors[0].message
+    await stack.wait_status(keys.client, job_id, "completed")
+
+
+async def test_without_the_subprotocol_frames_stay_single(
+    stack: Stack, keys: Keys, raw: Connect
+) -> None:
+    jobs = await _submit(stack, keys, 4)
+    miner = await raw(advert=EIGHT_SLOTS)
+    assert miner.ws.subprotocol is None
+    frames = await _frames_until(miner, Assign, 4)
+    assert all(len(f) == 1 for f in frames)  # every frame one object
+    assigns = [m for f in frames for m in f if isinstance(m, Assign)]
+    await miner.ws.send("[" + encode(miner.result(assigns[0], _output(assigns[0]))) + "]")
+    err = await miner.recv(Error)
+    assert err.code == "bad-frame" and BATCH_SUBPROTOCOL in err.message
+    for a in assigns:
+        await miner.send(miner.result(a, _output(a)))
+    for job_id in jobs:
+        await stack.wait_status(keys.client, job_id, "completed")
+
+
+async def test_the_daemon_negotiates_batch_frames(stack: Stack, keys: Keys) -> None:
+    daemon = await stack.daemon(keys.miner, max_concurrency=4)
+    assert daemon.batch_frames
+    for job_id in await _submit(stack, keys, 6):
+        await stack.wait_status(keys.client, job_id, "completed")
