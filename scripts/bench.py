@@ -125,19 +125,24 @@ async def scrape_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, 
     return out
 
 
+def grown(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    """How much the counter `name` (with its labels) grew over the window."""
+    return after.get(name, 0) - before.get(name, 0)
+
+
 def requests_per_coalesced_write(
     before: dict[str, float], after: dict[str, float]
 ) -> dict[str, float]:
     """Submits, claims and results written per coalesced operation in the window."""
     out = {}
-    for name, value in after.items():
+    for name in after:
         if not name.startswith("ait_db_coalesced_requests_total{kind="):
             continue
         kind = name.split('"')[1]
         writes_name = name.replace("_requests_", "_writes_")
-        writes = after.get(writes_name, 0) - before.get(writes_name, 0)
+        writes = grown(before, after, writes_name)
         if writes:
-            out[kind] = round((value - before.get(name, 0)) / writes, 1)
+            out[kind] = round(grown(before, after, name) / writes, 1)
     return out
 
 
@@ -146,12 +151,8 @@ def messages_per_frame(before: dict[str, float], after: dict[str, float]) -> dic
     out = {}
     for direction in ("in", "out"):
         label = f'{{direction="{direction}"}}'
-        frames = after.get("ait_miner_frames_total" + label, 0) - before.get(
-            "ait_miner_frames_total" + label, 0
-        )
-        messages = after.get("ait_miner_messages_total" + label, 0) - before.get(
-            "ait_miner_messages_total" + label, 0
-        )
+        frames = grown(before, after, "ait_miner_frames_total" + label)
+        messages = grown(before, after, "ait_miner_messages_total" + label)
         if frames:
             out[direction] = round(messages / frames, 1)
     return out
@@ -378,12 +379,8 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
     report = summarize(jobs, (start, end))
     settled = max(1.0, report["settled_jobs_per_s"] * (end - start))
     coordinator_cpu_s = after["cpu_s"] - before["cpu_s"]
-    commits = metrics_after.get("ait_db_commits_total", 0) - metrics_before.get(
-        "ait_db_commits_total", 0
-    )
-    writes = metrics_after.get("ait_db_writes_total", 0) - metrics_before.get(
-        "ait_db_writes_total", 0
-    )
+    commits = grown(metrics_before, metrics_after, "ait_db_commits_total")
+    writes = grown(metrics_before, metrics_after, "ait_db_writes_total")
     report.update(
         submitted=len(load.job_ids),
         errors=load.errors,

@@ -65,14 +65,14 @@ def queue_reasons(request: web.Request, jobs: Sequence[Job]) -> list[str | None]
     """Why each queued job waits (None for the others); alike jobs share one answer."""
     registry = _registry(request)
     if registry is None:
-        return [
-            "no miner hub is running on this coordinator" if j.status == JobStatus.QUEUED else None
-            for j in jobs
-        ]
-    waiting = "waiting for the dispatcher to assign it"
+        reasons: list[str | None] = [None] * len(jobs)
+        fallback = "no miner hub is running on this coordinator"
+    else:
+        reasons = registry.queue_reasons(jobs)
+        fallback = "waiting for the dispatcher to assign it"
     return [
-        reason or (waiting if j.status == JobStatus.QUEUED else None)
-        for j, reason in zip(jobs, registry.queue_reasons(jobs), strict=True)
+        reason or (fallback if j.status == JobStatus.QUEUED else None)
+        for j, reason in zip(jobs, reasons, strict=True)
     ]
 
 
