@@ -1,4 +1,11 @@
-"""Ed25519 keys, addresses, miner ids, signatures and key files."""
+"""Ed25519 keys, addresses, miner ids, signatures and key files.
+
+Keys are cryptography's `Ed25519PrivateKey`; signing and verifying go through libsodium
+(PyNaCl), which does both in about half of OpenSSL's time here (docs/benchmarks.md, round
+8) and refuses the non-canonical and small-order keys and points that OpenSSL lets by. The
+signatures are the same bytes (Ed25519 is deterministic), so either library checks the
+other's.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,9 @@ import os
 import re
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+import nacl.bindings
+import nacl.exceptions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -78,7 +83,9 @@ def _strict_hex(text: object, length: int) -> bytes | None:
 
 
 def sign_hex(private_key: PrivateKey, data: bytes) -> str:
-    return private_key.sign(data).hex()
+    # libsodium's secret key is the seed followed by the public key.
+    secret = private_key.private_bytes_raw() + private_key.public_key().public_bytes_raw()
+    return nacl.bindings.crypto_sign(data, secret)[: nacl.bindings.crypto_sign_BYTES].hex()
 
 
 def verify_hex(public_key_hex: object, signature_hex: object, data: bytes) -> bool:
@@ -88,8 +95,8 @@ def verify_hex(public_key_hex: object, signature_hex: object, data: bytes) -> bo
     if public_raw is None or signature_raw is None:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature_raw, data)
-    except (InvalidSignature, ValueError):
+        nacl.bindings.crypto_sign_open(signature_raw + data, public_raw)
+    except nacl.exceptions.BadSignatureError:
         return False
     return True
 

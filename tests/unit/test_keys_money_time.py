@@ -32,6 +32,36 @@ def test_signature_round_trip_and_tamper() -> None:
     assert not keys.verify_hex(pub, sig.upper(), b"hello")
 
 
+# RFC 8032, section 7.1, test 2 (a one-byte message).
+RFC8032_SECRET = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb"
+RFC8032_PUBLIC = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"
+RFC8032_SIGNATURE = (
+    "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
+    "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"
+)
+
+
+def test_signatures_match_rfc_8032_and_cryptography_both_ways() -> None:
+    private_key = keys.private_key_from_hex(RFC8032_SECRET)
+    assert keys.public_key_hex(private_key) == RFC8032_PUBLIC
+    assert keys.sign_hex(private_key, b"\x72") == RFC8032_SIGNATURE
+    assert keys.verify_hex(RFC8032_PUBLIC, RFC8032_SIGNATURE, b"\x72")
+    # libsodium signs, cryptography (OpenSSL) verifies, and the other way round.
+    other = keys.generate_private_key()
+    message = b'{"job_id":"job_1","units":3}'
+    other.public_key().verify(bytes.fromhex(keys.sign_hex(other, message)), message)
+    assert keys.verify_hex(keys.public_key_hex(other), other.sign(message).hex(), message)
+
+
+def test_a_small_order_public_key_verifies_nothing() -> None:
+    # The identity point with R = identity, S = 0 "signs" every message under plain
+    # cofactorless checks (OpenSSL accepts it); anyone could speak for such a key.
+    identity = "01" + "00" * 31
+    forged = identity + "00" * 32
+    assert not keys.verify_hex(identity, forged, b"pay miner_x 1000 AIT")
+    assert not keys.verify_hex("00" * 32, "00" * 64, b"")
+
+
 def test_key_file_is_private_and_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "miner.key"
     created = keys.load_or_create_key_file(path)
