@@ -255,7 +255,7 @@ async def _lease(conn: AsyncConnection, job: Job, request: ClaimRequest, now: in
     price, unit = request.price_uait_per_unit, request.unit
     attempt = job.attempts + 1
     extra = {**job.extra, "price_uait_per_unit": price, "unit": unit}
-    estimate: dict[str, Any] = {}
+    estimated_cost, estimated_units = job.estimated_cost_uait, job.estimated_units
     units = job.units_in(unit)
     cost = price * units
     if job.max_price_uait is not None:
@@ -267,11 +267,10 @@ async def _lease(conn: AsyncConnection, job: Job, request: ClaimRequest, now: in
             return None
         if not result.ok:
             raise RuntimeError(f"escrow top-up for {job.job_id} answered {result}")
-        estimate = {"estimated_cost_uait": cost, "estimated_units": units}
+        estimated_cost, estimated_units = cost, units
         extra.update(estimate_unit=unit, estimate_price_uait_per_unit=price)
     assert can_transition(job.status, JobStatus.RUNNING), job.status
-    return replace(
-        job,
+    return job.evolve(
         status=JobStatus.RUNNING,
         miner_id=request.miner.miner_id,
         miner_address=request.miner.address,
@@ -282,7 +281,8 @@ async def _lease(conn: AsyncConnection, job: Job, request: ClaimRequest, now: in
         progress_message=None,
         extra=extra,
         updated_at_ms=now,
-        **estimate,
+        estimated_cost_uait=estimated_cost,
+        estimated_units=estimated_units,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -156,7 +156,7 @@ async def complete_many(conn: AsyncConnection, completions: Sequence[Completion]
             assert job is not None
             accepted.append((len(changes) - 1, completion, job))
             settled[job.job_id] = completion.receipt
-            found[job.job_id] = replace(job, status=JobStatus.COMPLETED)
+            found[job.job_id] = job.evolve(status=JobStatus.COMPLETED)
     if not accepted:
         return [c for c in changes if c is not None]
     now = now_ms()
@@ -231,8 +231,7 @@ def _completed(job: Job, completion: Completion, charged_uait: int, now: int) ->
     """The job as its completion leaves it (what the row update writes)."""
     output = completion.output
     url = f"/v1/jobs/{job.job_id}/download"
-    return replace(
-        job,
+    return job.evolve(
         status=JobStatus.COMPLETED,
         progress=100,
         cost_uait=charged_uait,

@@ -1,0 +1,76 @@
+"""`Job.evolve`: the hot path's copy of a job, checked against `dataclasses.replace`."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+
+from coordinator.domain.jobs import Job, JobChanges, JobStatus, Priority, Requirements
+
+
+def _job() -> Job:
+    return Job(
+        job_id="job_1",
+        client_address="ait1" + "0" * 40,
+        key_id="key_1",
+        chain_id="ait-devnet",
+        model="echo",
+        status=JobStatus.QUEUED,
+        priority=Priority.NORMAL,
+        requirements=Requirements(gpu_type="a100", min_vram_gb=40.0),
+        params={"temperature": 0.5},
+        output_config={},
+        input_json='{"text":"hi"}',
+        input_file_id=None,
+        input_sha256="ab" * 32,
+        input_bytes=13,
+        timeout_seconds=60,
+        deadline_ms=61_000,
+        max_price_uait=None,
+        estimated_cost_uait=5,
+        estimated_units=5,
+        estimated_time_seconds=1,
+        created_at_ms=1_000,
+        updated_at_ms=1_000,
+        extra={"units_by_unit": {"token": 5}},
+    )
+
+
+def test_job_changes_names_every_field_of_job_with_its_type() -> None:
+    fields = {f.name for f in dataclasses.fields(Job)}
+    assert set(JobChanges.__annotations__) == fields
+    assert JobChanges.__required_keys__ == frozenset()
+    assert typing.get_type_hints(JobChanges) == {
+        name: hint for name, hint in typing.get_type_hints(Job).items() if name in fields
+    }
+
+
+def test_evolve_equals_replace_and_leaves_the_original_alone() -> None:
+    job = _job()
+    changes: JobChanges = {
+        "status": JobStatus.RUNNING,
+        "miner_id": "miner_abc",
+        "attempts": 1,
+        "started_at_ms": 2_000,
+        "extra": {**job.extra, "unit": "token"},
+    }
+    evolved = job.evolve(**changes)
+    assert evolved == dataclasses.replace(job, **changes)
+    assert evolved is not job and job.status == JobStatus.QUEUED and job.attempts == 0
+    assert job.extra == {"units_by_unit": {"token": 5}}
+    assert evolved.requirements is job.requirements  # unchanged fields are shared, as replace
+    assert job.evolve() == job
+
+
+def test_an_evolved_job_is_still_frozen() -> None:
+    evolved = _job().evolve(status=JobStatus.RUNNING)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evolved.status = JobStatus.QUEUED  # type: ignore[misc]
+    assert type(evolved) is Job
+
+
+def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
+    with pytest.raises(TypeError, match="statuss"):
+        _job().evolve(**typing.cast(JobChanges, {"statuss": JobStatus.RUNNING}))
