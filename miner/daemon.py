@@ -233,6 +233,7 @@ class MinerDaemon:
             self._sent_at.pop(msg.job_id, None)
             if isinstance(self.outbox.pop(msg.job_id, None), Result):
                 self.completed.append(msg.job_id)
+                self.worker.discard_job_dir(msg.job_id)
                 log.info("result accepted", extra={"job_id": msg.job_id})
         elif isinstance(msg, Reject):
             self._sent_at.pop(msg.job_id, None)

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +76,18 @@ class Worker:
         job.task = task
         return task
 
+    def job_dir(self, job_id: str) -> Path | None:
+        """The job's scratch dir (not created: the runtime that needs one makes it); None
+        for the ids `.` and `..`, which the wire's id pattern admits but name no child."""
+        return None if job_id in (".", "..") else self.work_dir / job_id
+
+    def discard_job_dir(self, job_id: str) -> None:
+        """Remove a finished job's scratch dir (checkpoints are only for a job that comes
+        back); before, every job left an empty dir behind."""
+        target = self.job_dir(job_id)
+        if target is not None and job_id not in self.running:
+            shutil.rmtree(target, ignore_errors=True)
+
     def cancel(self, job_id: str, reason: str) -> bool:
         job = self.running.get(job_id)
         if job is None:
@@ -115,8 +128,9 @@ class Worker:
                 value = max(0, min(99, int(percent)))
                 loop.call_soon_threadsafe(on_progress, a.job_id, value, message)
 
-            work_dir = self.work_dir / a.job_id
-            work_dir.mkdir(parents=True, exist_ok=True)
+            work_dir = self.job_dir(a.job_id)
+            if work_dir is None:
+                return Failed(a.job_id, f"job id {a.job_id!r} cannot name a work dir", False)
             ctx = JobContext(
                 job_id=a.job_id,
                 input=job_input,

@@ -48,7 +48,9 @@ class JobContext:
     input: Any  # decoded JSON value, or bytes for a file input
     params: Mapping[str, Any]
     device: str  # "cpu", "cuda", "cuda:0"
-    work_dir: Path  # per-job scratch dir kept across attempts (checkpoints)
+    # Per-job scratch dir kept across attempts (checkpoints), removed once the result is
+    # accepted; not created in advance: a runtime that writes there makes it.
+    work_dir: Path
     report_progress: Callable[[int, str | None], None]  # thread-safe (percent, message)
     cancelled: threading.Event
 

@@ -276,6 +276,7 @@ async def test_job_is_pushed_completed_and_settled(
     assert receipt["output_sha256"] == sha256_hex(body)
     await until(lambda: _acked(d), 5, "the miner to get its ack")
     assert d.completed == [sub["job_id"]]
+    assert not (d.worker.work_dir / sub["job_id"]).exists()  # no scratch dir left behind
 
 
 async def test_views_and_one_key_for_many_daemons(stack: Stack) -> None:

@@ -223,6 +223,36 @@ async def test_worker_signs_a_verifiable_receipt_off_the_loop(tmp_path: Path) ->
     worker.shutdown()
 
 
+async def test_job_scratch_dirs_are_made_by_runtimes_and_removed_once_done(
+    tmp_path: Path,
+) -> None:
+    ident = load_identity(tmp_path / "k.json")
+    spec = ModelSpec("echo", "echo", None, 1, "byte", {})
+    worker = Worker(ident, (spec,), "cpu", tmp_path / "work", 1)
+    addr = address_of(generate_private_key())
+    done = await worker.start(_assign('"x"'), lambda: addr, lambda *_: None)
+    assert isinstance(done, Result)
+    assert not (tmp_path / "work").exists()  # echo needs none: nothing made per job
+    # A checkpointing runtime's dir goes once the result is accepted; others stay.
+    kept = tmp_path / "work" / "job_other"
+    kept.mkdir(parents=True)
+    checkpoint = tmp_path / "work" / "job_w1" / "training-checkpoint.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"state")
+    worker.discard_job_dir("job_w1")
+    assert not checkpoint.parent.exists() and kept.exists()
+    # The id pattern admits "." and "..": they name no dir of their own, never a parent.
+    for dots in (".", ".."):
+        assert worker.job_dir(dots) is None
+        worker.discard_job_dir(dots)
+        refused = await worker.start(
+            Assign(**{**_assign('"x"').__dict__, "job_id": dots}), lambda: addr, lambda *_: None
+        )
+        assert isinstance(refused, Failed) and "work dir" in refused.error
+    assert kept.exists() and (tmp_path / "k.json").exists()
+    worker.shutdown()
+
+
 async def test_worker_failures_and_cancel(tmp_path: Path) -> None:
     ident = load_identity(tmp_path / "k.json")
     spec = ModelSpec("echo", "echo", None, 1, "byte", {})
