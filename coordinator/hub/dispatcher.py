@@ -51,6 +51,7 @@ class Hub:
     def __init__(self, app: web.Application, registry: MinerRegistry) -> None:
         self.app = app
         self.registry = registry
+        self.parsed_queue: lifecycle.QueuedCache = {}
 
     @property
     def core(self) -> Core:
@@ -102,7 +103,7 @@ class Hub:
         self, core: Core, miners: list[MinerSnapshot], scan: int
     ) -> tuple[list[QueuedJob], list[tuple[str, str]]]:
         """The first `scan` queued jobs and the (job id, miner id) pairs planned for them."""
-        jobs = await lifecycle.list_queued(core, scan)
+        jobs = await lifecycle.list_queued(core, scan, self.parsed_queue)
         if not jobs:
             return jobs, []
         return jobs, plan(await self._demands(core, jobs, miners), miners)

@@ -90,26 +90,50 @@ async def get_job(core: Core, job_id: str) -> Job | None:
         return await load_job(conn, job_id)
 
 
-async def list_queued(core: Core, limit: int = 500) -> list[QueuedJob]:
-    """Queued jobs in dispatch order: high before normal before low, oldest first."""
+# (job id, attempts, updated_at_ms) -> the queued row parsed; see list_queued.
+QueuedCache = dict[tuple[str, int, int], QueuedJob]
+MAX_PARSED_QUEUED = 4 * 500  # a few rounds' worth of full scans
+
+
+async def list_queued(
+    core: Core, limit: int = 500, parsed: QueuedCache | None = None
+) -> list[QueuedJob]:
+    """Queued jobs in dispatch order: high before normal before low, oldest first.
+
+    With `parsed` (the dispatcher's), rows seen in an earlier round are not parsed again:
+    under a backlog each round re-reads the head of the queue to fill a few freed slots,
+    and parsing those rows was 5% of the coordinator (docs/benchmarks.md, round 8). A row
+    is known by (job id, attempts, updated_at_ms): a claim raises attempts, and every
+    update of a job sets updated_at_ms."""
+    cache: QueuedCache = {} if parsed is None else parsed
     async with core.db.read() as conn:
-        rows = await conn.execute(_QUEUED, {"q_limit": limit})
-        return [
-            QueuedJob(
-                job_id=row.job_id,
-                client_address=row.client_address,
-                chain_id=row.chain_id,
-                model=row.model,
-                priority=Priority.from_rank(row.priority),
-                requirements=Requirements.from_json(orjson.loads(row.requirements or "{}")),
-                max_price_uait=row.max_price_uait,
-                estimated_units=row.estimated_units,
-                estimated_cost_uait=row.estimated_cost_uait,
-                created_at_ms=row.created_at_ms,
-                units_by_unit=metered_units(orjson.loads(row.extra or "{}")),
-            )
-            for row in rows
-        ]
+        rows = (await conn.execute(_QUEUED, {"q_limit": limit})).all()
+    if len(cache) + len(rows) > MAX_PARSED_QUEUED:
+        cache.clear()  # jobs claimed long ago; refilled from this round's rows
+    found = []
+    for row in rows:
+        key = (row.job_id, row.attempts, row.updated_at_ms)
+        job = cache.get(key)
+        if job is None:
+            job = cache[key] = _queued_job(row)
+        found.append(job)
+    return found
+
+
+def _queued_job(row: Any) -> QueuedJob:
+    return QueuedJob(
+        job_id=row.job_id,
+        client_address=row.client_address,
+        chain_id=row.chain_id,
+        model=row.model,
+        priority=Priority.from_rank(row.priority),
+        requirements=Requirements.from_json(orjson.loads(row.requirements or "{}")),
+        max_price_uait=row.max_price_uait,
+        estimated_units=row.estimated_units,
+        estimated_cost_uait=row.estimated_cost_uait,
+        created_at_ms=row.created_at_ms,
+        units_by_unit=metered_units(orjson.loads(row.extra or "{}")),
+    )
 
 
 # Per number of job ids (`padded`), built once: each claim batch runs one.
@@ -147,6 +171,7 @@ _MARK_CLAIMED = update_statement(frozenset(_CLAIM_COLUMNS), returning=False)
 _QUEUED_COLUMNS = (
     "job_id", "client_address", "chain_id", "model", "priority", "requirements",
     "max_price_uait", "estimated_units", "estimated_cost_uait", "created_at_ms", "extra",
+    "attempts", "updated_at_ms",
 )  # fmt: skip
 _QUEUED = (
     select(*(jobs.c[name] for name in _QUEUED_COLUMNS))

@@ -297,3 +297,29 @@ async def test_time_estimate_follows_measured_throughput(
     # 100 prompt tokens + 100 new at <= 10 tokens/s: at least 20 s (the default 20 tokens/s
     # would give 12 s).
     assert second["estimated_time_seconds"] >= 20
+
+
+async def test_the_dispatcher_parses_a_queued_row_once_and_a_requeued_job_afresh(
+    setup: tuple[Coordinator, KeyInfo, KeyInfo], http: aiohttp.ClientSession
+) -> None:
+    coordinator, client, miner_key = setup
+    core = Core.of(coordinator.app)
+    status, body, _ = await call(
+        http, "POST", coordinator.url + "/v1/jobs", client, json={"model": "gpt2", "input": "hi"}
+    )
+    assert status == 201
+    job_id = body["job_id"]
+    parsed: lifecycle.QueuedCache = {}
+    [first] = await lifecycle.list_queued(core, parsed=parsed)
+    [again] = await lifecycle.list_queued(core, parsed=parsed)
+    assert again is first and first.job_id == job_id  # the next round reuses the parse
+    # A pricier miner claims it (the escrow is topped up), its lease runs out, it queues
+    # again: the dispatcher must see the new estimate, not the parse of the first round.
+    miner = Miner(miner_key.address)
+    claimed = await lifecycle.claim_job(core, job_id, miner.identity, PRICE * 20, "token")
+    assert claimed is not None and claimed.estimated_cost_uait > first.estimated_cost_uait
+    assert await lifecycle.list_queued(core, parsed=parsed) == []
+    await lifecycle.expire_leases(core, now=now_ms() + 1_000)
+    [requeued] = await lifecycle.list_queued(core, parsed=parsed)
+    assert requeued.job_id == job_id and requeued is not first
+    assert requeued.estimated_cost_uait == claimed.estimated_cost_uait
