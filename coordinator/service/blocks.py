@@ -102,29 +102,41 @@ async def _tip(conn: AsyncConnection, chain_id: str) -> tuple[int, str, str | No
     return int(row.height) + 1, str(row.hash), signer
 
 
+# Rows are unpacked by position (Row attribute access costs ~1 us a name; round 8).
+_PENDING_COLUMNS = tuple(
+    ledger_transfers.c[name]
+    for name in (
+        "seq", "transfer_id", "kind", "chain_id", "debit_address", "debit_kind",
+        "credit_address", "credit_kind", "amount_uait", "created_at_ms", "job_id",
+    )
+)  # fmt: skip
+_KIND, _JOB = 2, 10
+
+
 async def _pending_rows(
     conn: AsyncConnection, chain_id: str
-) -> tuple[Sequence[Any], dict[str, Any]]:
-    """The chain's unsealed transfers in seq order (at most a block's worth), and the
-    stored receipt rows of the payments among them, by job id."""
+) -> tuple[Sequence[Any], dict[str, tuple[str, str]]]:
+    """The chain's unsealed transfers in seq order (at most a block's worth), as rows of
+    `_PENDING_COLUMNS`, and the stored (receipt, signature) JSON of the payments among
+    them, by job id."""
     rows = (
         await conn.execute(
-            select(ledger_transfers)
+            select(*_PENDING_COLUMNS)
             .where(ledger_transfers.c.chain_id == chain_id)
             .where(ledger_transfers.c.block_height.is_(None))
             .order_by(ledger_transfers.c.seq)
             .limit(MAX_ENTRIES_PER_BLOCK)
         )
     ).all()
-    paid_jobs = [r.job_id for r in rows if r.kind == RECEIPT_TRANSFER_KIND and r.job_id]
-    signed: dict[str, Any] = {}
+    paid_jobs = [r[_JOB] for r in rows if r[_KIND] == RECEIPT_TRANSFER_KIND and r[_JOB]]
+    signed: dict[str, tuple[str, str]] = {}
     if paid_jobs:
-        for r in await conn.execute(
+        for job_id, receipt, signature in await conn.execute(
             select(receipts.c.job_id, receipts.c.receipt, receipts.c.signature).where(
                 receipts.c.job_id.in_(paid_jobs)
             )
         ):
-            signed[r.job_id] = r
+            signed[job_id] = (receipt, signature)
     return rows, signed
 
 
@@ -156,33 +168,35 @@ async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -
     entries: list[dict[str, Any]] = []
     leaves: list[bytes] = []
     sealed_jobs: list[str] = []
-    for index, r in enumerate(rows):
+    for index, row in enumerate(rows):
         if index % ENTRIES_PER_SLICE == ENTRIES_PER_SLICE - 1:
             await asyncio.sleep(0)  # let requests and dispatch run between slices
-        stored = signed.get(r.job_id) if r.kind == RECEIPT_TRANSFER_KIND else None
-        if r.kind == RECEIPT_TRANSFER_KIND and stored is None:
-            if now - r.created_at_ms < RECEIPT_WAIT_MS:
+        (seq, transfer_id, kind, row_chain, debit_address, debit_kind, credit_address,
+         credit_kind, amount_uait, created_at_ms, job_id) = row  # fmt: skip
+        stored = signed.get(job_id) if kind == RECEIPT_TRANSFER_KIND else None
+        if kind == RECEIPT_TRANSFER_KIND and stored is None:
+            if now - created_at_ms < RECEIPT_WAIT_MS:
                 break  # keep seq order: this block ends before the payment
-            log.error("sealing a payment without its receipt", extra={"job_id": r.job_id})
+            log.error("sealing a payment without its receipt", extra={"job_id": job_id})
         entry = transfer_entry(
-            transfer_id=r.transfer_id,
-            kind=r.kind,
-            chain_id=r.chain_id,
-            debit_address=r.debit_address,
-            debit_kind=r.debit_kind,
-            credit_address=r.credit_address,
-            credit_kind=r.credit_kind,
-            amount_uait=int(r.amount_uait),
-            created_at_ms=int(r.created_at_ms),
-            job_id=r.job_id,
-            receipt=None if stored is None else orjson.loads(stored.receipt),
-            receipt_signature=None if stored is None else orjson.loads(stored.signature),
+            transfer_id=transfer_id,
+            kind=kind,
+            chain_id=row_chain,
+            debit_address=debit_address,
+            debit_kind=debit_kind,
+            credit_address=credit_address,
+            credit_kind=credit_kind,
+            amount_uait=int(amount_uait),
+            created_at_ms=int(created_at_ms),
+            job_id=job_id,
+            receipt=None if stored is None else orjson.loads(stored[0]),
+            receipt_signature=None if stored is None else orjson.loads(stored[1]),
         )
-        seqs.append(int(r.seq))
+        seqs.append(int(seq))
         entries.append(entry)
         leaves.append(leaf_hash(entry))
         if stored is not None:
-            sealed_jobs.append(r.job_id)
+            sealed_jobs.append(job_id)
     if not entries:
         return None
     block = seal_block(

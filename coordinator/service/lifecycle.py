@@ -112,7 +112,7 @@ async def list_queued(
         cache.clear()  # jobs claimed long ago; refilled from this round's rows
     found = []
     for row in rows:
-        key = (row.job_id, row.attempts, row.updated_at_ms)
+        key = (row[0], row[-2], row[-1])  # job_id, attempts, updated_at_ms
         job = cache.get(key)
         if job is None:
             job = cache[key] = _queued_job(row)
@@ -121,18 +121,22 @@ async def list_queued(
 
 
 def _queued_job(row: Any) -> QueuedJob:
+    """A row of `_QUEUED_COLUMNS`, unpacked by position (Row attribute access costs ~1 us
+    a name in SQLAlchemy 2.1; docs/benchmarks.md, round 8)."""
+    (job_id, client_address, chain_id, model, priority, requirements, max_price_uait,
+     estimated_units, estimated_cost_uait, created_at_ms, extra, _, _) = row  # fmt: skip
     return QueuedJob(
-        job_id=row.job_id,
-        client_address=row.client_address,
-        chain_id=row.chain_id,
-        model=row.model,
-        priority=Priority.from_rank(row.priority),
-        requirements=Requirements.from_json(orjson.loads(row.requirements or "{}")),
-        max_price_uait=row.max_price_uait,
-        estimated_units=row.estimated_units,
-        estimated_cost_uait=row.estimated_cost_uait,
-        created_at_ms=row.created_at_ms,
-        units_by_unit=metered_units(orjson.loads(row.extra or "{}")),
+        job_id=job_id,
+        client_address=client_address,
+        chain_id=chain_id,
+        model=model,
+        priority=Priority.from_rank(priority),
+        requirements=Requirements.from_json(orjson.loads(requirements or "{}")),
+        max_price_uait=max_price_uait,
+        estimated_units=estimated_units,
+        estimated_cost_uait=estimated_cost_uait,
+        created_at_ms=created_at_ms,
+        units_by_unit=metered_units(orjson.loads(extra or "{}")),
     )
 
 
@@ -171,7 +175,7 @@ _MARK_CLAIMED = update_statement(frozenset(_CLAIM_COLUMNS), returning=False)
 _QUEUED_COLUMNS = (
     "job_id", "client_address", "chain_id", "model", "priority", "requirements",
     "max_price_uait", "estimated_units", "estimated_cost_uait", "created_at_ms", "extra",
-    "attempts", "updated_at_ms",
+    "attempts", "updated_at_ms",  # last: the parse cache's key (list_queued)
 )  # fmt: skip
 _QUEUED = (
     select(*(jobs.c[name] for name in _QUEUED_COLUMNS))
