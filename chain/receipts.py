@@ -6,6 +6,7 @@ miner's Ed25519 key over its RFC 8785 canonical bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -97,10 +98,11 @@ def sign_receipt(private_key: PrivateKey, receipt: Mapping[str, Any]) -> dict[st
     }
 
 
+_LOWER_HEX = re.compile("[0-9a-f]*")
+
+
 def _is_hex(value: object, length: int) -> bool:
-    if not isinstance(value, str) or len(value) != length:
-        return False
-    return all(c in "0123456789abcdef" for c in value)
+    return isinstance(value, str) and len(value) == length and bool(_LOWER_HEX.fullmatch(value))
 
 
 def check_receipt_fields(receipt: Mapping[str, Any]) -> list[str]:

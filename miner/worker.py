@@ -14,11 +14,13 @@ import json
 import logging
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from chain.receipts import build_receipt, sign_receipt
 from miner.identity import Identity
@@ -163,9 +165,7 @@ class Worker:
         a = job.assign
         if len(out.output_bytes) > MAX_OUTPUT_BYTES:
             return Failed(a.job_id, f"output is larger than {MAX_OUTPUT_BYTES} bytes", False)
-        summary = dict(out.summary)
-        if len(json.dumps(summary, default=str)) > MAX_SUMMARY_BYTES:
-            summary = {"note": "summary too large; dropped"}
+        summary = _summary_json(out.summary)
         receipt = build_receipt(
             job_id=a.job_id,
             chain_id=a.chain_id,
@@ -189,7 +189,7 @@ class Worker:
             output_b64="",
             content_type=out.content_type,
             filename=out.filename,
-            summary=json.loads(json.dumps(summary, default=str)),
+            summary=summary,
         )
         try:  # cheap: everything but the output, which is checked above
             encode(result)
@@ -198,6 +198,19 @@ class Worker:
         return dataclasses.replace(
             result, output_b64=base64.b64encode(out.output_bytes).decode("ascii")
         )
+
+
+def _summary_json(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The runtime's summary as the JSON object the result carries: values JSON lacks
+    become strings; one too large for the protocol is replaced by a note."""
+    try:
+        text = orjson.dumps(dict(summary), default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return {"note": "summary is not JSON; dropped"}
+    if len(text) > MAX_SUMMARY_BYTES:
+        return {"note": "summary too large; dropped"}
+    loaded: dict[str, Any] = orjson.loads(text)
+    return loaded
 
 
 def _iso(ms: int) -> str:

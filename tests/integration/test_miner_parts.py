@@ -23,6 +23,7 @@ from miner.runtime.echo import RUNTIME as ECHO
 from miner.worker import Worker
 from protocol.canonical import sha256_hex
 from protocol.keys import address_of, generate_private_key
+from protocol.limits import MAX_SUMMARY_BYTES
 from protocol.messages import Assign, Failed, Result
 
 CONFIG = """
@@ -329,6 +330,18 @@ def test_a_result_that_does_not_fit_the_protocol_fails_the_job(tmp_path: Path) -
     assert isinstance(bad, Failed) and "filename" in bad.error and not bad.retryable
     good = worker._result(job, spec, RuntimeResult(b"x", "text/plain", "out.txt", 1, {}), addr)
     assert isinstance(good, Result) and good.output_bytes() == b"x"
+    # A summary travels as JSON: other values become strings, one too large is dropped.
+    odd = {"path": tmp_path, 3: "three", "loss": 0.25}
+    shown = worker._result(job, spec, RuntimeResult(b"x", "text/plain", "o", 1, odd), addr)
+    assert isinstance(shown, Result)
+    assert shown.summary == {"path": str(tmp_path), "3": "three", "loss": 0.25}
+    for summary, note in (
+        ({"text": "é" * (MAX_SUMMARY_BYTES // 2)}, "summary too large; dropped"),
+        ({"units": 10**30}, "summary is not JSON; dropped"),  # past 64 bits: no wire form
+    ):
+        out = RuntimeResult(b"x", "text/plain", "o", 1, summary)
+        dropped = worker._result(job, spec, out, addr)
+        assert isinstance(dropped, Result) and dropped.summary == {"note": note}
     worker.shutdown()
 
 
