@@ -103,14 +103,12 @@ async def _tip(conn: AsyncConnection, chain_id: str) -> tuple[int, str, str | No
 
 
 # Rows are unpacked by position (Row attribute access costs ~1 us a name; round 8).
-_PENDING_COLUMNS = tuple(
-    ledger_transfers.c[name]
-    for name in (
-        "seq", "transfer_id", "kind", "chain_id", "debit_address", "debit_kind",
-        "credit_address", "credit_kind", "amount_uait", "created_at_ms", "job_id",
-    )
+_PENDING_NAMES = (
+    "seq", "transfer_id", "kind", "chain_id", "debit_address", "debit_kind",
+    "credit_address", "credit_kind", "amount_uait", "created_at_ms", "job_id",
 )  # fmt: skip
-_KIND, _JOB = 2, 10
+_PENDING_COLUMNS = tuple(ledger_transfers.c[name] for name in _PENDING_NAMES)
+_KIND, _JOB = _PENDING_NAMES.index("kind"), _PENDING_NAMES.index("job_id")
 
 
 async def _pending_rows(
