@@ -160,6 +160,19 @@ class Job:
         evolved.__dict__.update(changes)
         return evolved
 
+    @classmethod
+    def build(cls, **fields: Unpack[JobChanges]) -> Job:
+        """`Job(...)` with every field given, without the frozen dataclass's `__init__`
+        (it sets each field through `object.__setattr__`: ~5 us, against ~0.7; a job's row
+        is read into a `Job` two or three times on the hot path). Like `evolve`, typed by
+        `JobChanges`; a missing or unknown name raises TypeError."""
+        if fields.keys() != _JOB_FIELDS:
+            missing, unknown = _JOB_FIELDS - fields.keys(), fields.keys() - _JOB_FIELDS
+            raise TypeError(f"Job.build: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        job = object.__new__(cls)
+        job.__dict__.update(fields)
+        return job
+
     @property
     def ended(self) -> bool:
         return self.status in TERMINAL

@@ -32,7 +32,7 @@ def loads(text: str | None, default: Any = None) -> Any:
 
 def job_from_row(row: Any) -> Job:
     m: Mapping[str, Any] = row._mapping
-    return Job(
+    return Job.build(
         job_id=m["job_id"],
         client_address=m["client_address"],
         key_id=m["key_id"],

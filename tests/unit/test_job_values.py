@@ -1,4 +1,5 @@
-"""`Job.evolve`: the hot path's copy of a job, checked against `dataclasses.replace`."""
+"""`Job.evolve` and `Job.build`: the hot path's copy and construction of a job, checked
+against `dataclasses.replace` and the dataclass's own constructor."""
 
 from __future__ import annotations
 
@@ -74,3 +75,18 @@ def test_an_evolved_job_is_still_frozen() -> None:
 def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
     with pytest.raises(TypeError, match="statuss"):
         _job().evolve(**typing.cast(JobChanges, {"statuss": JobStatus.RUNNING}))
+
+
+def test_build_is_the_constructor_with_every_field_given() -> None:
+    job = _job()
+    given = {f.name: getattr(job, f.name) for f in dataclasses.fields(Job)}
+    built = Job.build(**given)  # every field, from a plain dict
+    assert built == job and type(built) is Job
+    assert repr(built) == repr(job)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.status = JobStatus.FAILED  # type: ignore[misc]
+    del given["error"]
+    with pytest.raises(TypeError, match=r"missing \['error'\]"):
+        Job.build(**given)
+    with pytest.raises(TypeError, match=r"unknown \['colour'\]"):
+        Job.build(**{**given, "error": None, "colour": "red"})
