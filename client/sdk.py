@@ -299,8 +299,10 @@ class CoordinatorClient:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 raise WaitTimedOut(f"job {job_id} still {job.get('status')} after {timeout_s} s")
+            # asyncio.timeout: 3.11's wait_for can drop a cancel (CPython gh-86296).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._follow(job_id, on_event, poll_interval), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._follow(job_id, on_event, poll_interval)
             job = await self._reread(job_id, poll_interval)
         return job
 

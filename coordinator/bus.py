@@ -56,7 +56,8 @@ class Subscription:
     async def get(self, wait_seconds: float | None = None) -> dict[str, Any] | None:
         """The next event, or None after `wait_seconds`."""
         try:
-            return await asyncio.wait_for(self._queue.get(), wait_seconds)
+            async with asyncio.timeout(wait_seconds):  # not wait_for: see wait_for_work
+                return await self._queue.get()
         except TimeoutError:
             return None
 
@@ -133,9 +134,14 @@ class JobBus:
             self._spawn_notify(WAKE_CHANNEL, self._origin)
 
     async def wait_for_work(self, wait_seconds: float) -> bool:
-        """Sleep until `wake()` or `wait_seconds`; True when woken. Clears the flag."""
+        """Sleep until `wake()` or `wait_seconds`; True when woken. Clears the flag.
+
+        `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11 wait_for drops a cancel
+        that lands in the tick its inner task finishes (CPython gh-86296, fixed in 3.12), and
+        the dispatcher, cancelled at shutdown just as a wake-up came, looped for ever."""
         try:
-            await asyncio.wait_for(self._wake.wait(), wait_seconds)
+            async with asyncio.timeout(wait_seconds):
+                await self._wake.wait()
             woken = True
         except TimeoutError:
             woken = False

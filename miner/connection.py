@@ -96,11 +96,13 @@ async def open_session(
             permanent=status in (401, 403),
         ) from None
     try:
-        first = decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT_S))
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):  # not wait_for: gh-86296 on 3.11
+            first = decode(await ws.recv())
         if not isinstance(first, Challenge):
             raise HandshakeError(f"expected a challenge, got {first.TYPE}")
         await ws.send(encode(Hello(identity.public_key, identity.sign_nonce(first.nonce), advert)))
-        reply = decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT_S))
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            reply = decode(await ws.recv())
         if isinstance(reply, Error):
             raise HandshakeError(f"coordinator refused us: {reply.message}", permanent=True)
         if not isinstance(reply, Welcome):

@@ -145,8 +145,10 @@ class MinerDaemon:
                         await ws.close()
                     delay = backoff.next_delay()
                 if not self._stop.is_set():
+                    # asyncio.timeout: 3.11's wait_for can drop a cancel (CPython gh-86296).
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._stop.wait()
         finally:
             watchdog.cancel()
             self.worker.shutdown()
@@ -162,7 +164,8 @@ class MinerDaemon:
         ):
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+                async with asyncio.timeout(min(left, 0.5)):
+                    await self._changed.wait()
         given_back = self.worker.cancel_all("miner shutting down")
         if given_back:
             await self._send(Release(tuple(given_back), "shutdown", True))

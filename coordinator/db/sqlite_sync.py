@@ -271,8 +271,9 @@ class SqliteStore:
 
     async def _checkpoint_forever(self) -> None:
         while not self._stop_checkpoints.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_checkpoints.wait(), CHECKPOINT_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can drop a cancel (bus.py)
+                async with asyncio.timeout(CHECKPOINT_INTERVAL_S):
+                    await self._stop_checkpoints.wait()
             try:
                 await asyncio.to_thread(_checkpoint, self._path)
             except Exception as exc:  # keep going; the fallback size still bounds the WAL

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
 from coordinator.bus import JOB_SNAPSHOT, JobBus
 
 
@@ -40,3 +47,47 @@ async def test_take_ready_hands_over_what_waits_without_waiting() -> None:
             bus.publish(f"job_{n}", {"type": "status", "status": "queued"})
         assert [e["job_id"] for e in sub.take_ready(3)] == ["job_0", "job_1", "job_2"]
         assert [e["job_id"] for e in sub.take_ready(10)] == ["job_3", "job_4"]
+
+
+async def _cancelled_in_the_tick(waiter: Any, trigger: Callable[[], None], ticks: int) -> bool:
+    """Start `waiter`, fire `trigger`, let `ticks` loop turns pass, cancel: did the
+    cancel end the task? (Python 3.11's asyncio.wait_for dropped it at some offsets.)"""
+    task = asyncio.create_task(waiter)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the task is waiting now
+    trigger()
+    for _ in range(ticks):
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.wait({task}, timeout=2)
+    if not task.done():  # the cancel was lost and the waiter went back to sleep
+        task.cancel()
+        await asyncio.wait({task}, timeout=2)
+        return False
+    return task.cancelled()
+
+
+@pytest.mark.parametrize("ticks", range(6))
+async def test_a_cancel_landing_with_a_wake_up_still_stops_the_waiter(ticks: int) -> None:
+    # The dispatcher loops on wait_for_work; shut down just as a wake-up came, it must end
+    # (a lost cancel hung the coordinator's shutdown).
+    bus = JobBus()
+
+    async def dispatcher_loop() -> None:
+        while True:
+            await bus.wait_for_work(60)
+
+    assert await _cancelled_in_the_tick(dispatcher_loop(), bus.wake, ticks)
+
+
+@pytest.mark.parametrize("ticks", range(6))
+async def test_a_cancel_landing_with_an_event_still_stops_the_reader(ticks: int) -> None:
+    bus = JobBus()
+    async with bus.subscribe(None) as sub:
+
+        async def reader_loop() -> None:
+            while True:
+                await sub.get(60)
+
+        publish = functools.partial(bus.publish, "job_a", {"type": "status"})
+        assert await _cancelled_in_the_tick(reader_loop(), publish, ticks)
