@@ -299,7 +299,7 @@ class CoordinatorClient:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 raise WaitTimedOut(f"job {job_id} still {job.get('status')} after {timeout_s} s")
-            # asyncio.timeout: 3.11's wait_for can drop a cancel (CPython gh-86296).
+            # asyncio.timeout, not wait_for: protocol/waits.py
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._follow(job_id, on_event, poll_interval)

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from protocol.waits import wait_event
+
 log = logging.getLogger(__name__)
 
 WAKE_CHANNEL = "ait_jobs"
@@ -56,7 +58,7 @@ class Subscription:
     async def get(self, wait_seconds: float | None = None) -> dict[str, Any] | None:
         """The next event, or None after `wait_seconds`."""
         try:
-            async with asyncio.timeout(wait_seconds):  # not wait_for: see wait_for_work
+            async with asyncio.timeout(wait_seconds):  # not wait_for: see protocol/waits.py
                 return await self._queue.get()
         except TimeoutError:
             return None
@@ -135,16 +137,9 @@ class JobBus:
 
     async def wait_for_work(self, wait_seconds: float) -> bool:
         """Sleep until `wake()` or `wait_seconds`; True when woken. Clears the flag.
-
-        `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11 wait_for drops a cancel
-        that lands in the tick its inner task finishes (CPython gh-86296, fixed in 3.12), and
-        the dispatcher, cancelled at shutdown just as a wake-up came, looped for ever."""
-        try:
-            async with asyncio.timeout(wait_seconds):
-                await self._wake.wait()
-            woken = True
-        except TimeoutError:
-            woken = False
+        (protocol.waits: the dispatcher, cancelled at shutdown just as a wake-up came, must
+        still end.)"""
+        woken = await wait_event(self._wake, wait_seconds)
         self._wake.clear()
         return woken
 

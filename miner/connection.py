@@ -96,7 +96,7 @@ async def open_session(
             permanent=status in (401, 403),
         ) from None
     try:
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):  # not wait_for: gh-86296 on 3.11
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):  # not wait_for: protocol/waits.py
             first = decode(await ws.recv())
         if not isinstance(first, Challenge):
             raise HandshakeError(f"expected a challenge, got {first.TYPE}")

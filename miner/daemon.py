@@ -46,6 +46,7 @@ from protocol.messages import (
     Resume,
     Welcome,
 )
+from protocol.waits import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,7 @@ class MinerDaemon:
                         await ws.close()
                     delay = backoff.next_delay()
                 if not self._stop.is_set():
-                    # asyncio.timeout: 3.11's wait_for can drop a cancel (CPython gh-86296).
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await self._stop.wait()
+                    await wait_event(self._stop, delay)
         finally:
             watchdog.cancel()
             self.worker.shutdown()
@@ -163,9 +161,7 @@ class MinerDaemon:
             self.worker.running or self._unacked()
         ):
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, 0.5)):
-                    await self._changed.wait()
+            await wait_event(self._changed, min(left, 0.5))
         given_back = self.worker.cancel_all("miner shutting down")
         if given_back:
             await self._send(Release(tuple(given_back), "shutdown", True))

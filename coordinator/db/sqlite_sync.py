@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from coordinator.db import prepared
+from protocol.waits import wait_event
 
 T = TypeVar("T")
 
@@ -271,9 +272,7 @@ class SqliteStore:
 
     async def _checkpoint_forever(self) -> None:
         while not self._stop_checkpoints.is_set():
-            with contextlib.suppress(TimeoutError):  # not wait_for: it can drop a cancel (bus.py)
-                async with asyncio.timeout(CHECKPOINT_INTERVAL_S):
-                    await self._stop_checkpoints.wait()
+            await wait_event(self._stop_checkpoints, CHECKPOINT_INTERVAL_S)
             try:
                 await asyncio.to_thread(_checkpoint, self._path)
             except Exception as exc:  # keep going; the fallback size still bounds the WAL
