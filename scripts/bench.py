@@ -68,13 +68,35 @@ def proc_stats(pid: int) -> dict[str, float]:
     }
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+LIBRARIES = ("aiohttp", "sqlalchemy", "aiosqlite", "asyncpg", "uvloop", "orjson")
+# Prints, as JSON, the version of the interpreter that runs it and of its LIBRARIES.
+_PRINT_VERSIONS = f"""
+import json, sys
+from importlib.metadata import PackageNotFoundError, version
+out = {{"python": sys.version.split()[0]}}
+for name in {LIBRARIES!r}:
+    try:
+        out[name] = version(name)
+    except PackageNotFoundError:
+        pass
+print(json.dumps(out))
+"""
 
-    out = {"python": sys.version.split()[0]}
-    for name in ("aiohttp", "sqlalchemy", "aiosqlite", "asyncpg", "uvloop", "orjson"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[name] = version(name)
+
+def interpreter_versions(python: str) -> dict[str, str]:
+    done = subprocess.run(
+        [python, "-c", _PRINT_VERSIONS], capture_output=True, text=True, check=True, timeout=60
+    )
+    found: dict[str, str] = json.loads(done.stdout)
+    return found
+
+
+def versions(coordinator_python: str) -> dict[str, Any]:
+    """The bench's Python and libraries, the git commit, and (with --coordinator-python)
+    those the coordinator runs with."""
+    out: dict[str, Any] = interpreter_versions(sys.executable)
+    if coordinator_python:
+        out["coordinator"] = interpreter_versions(coordinator_python)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -215,7 +237,7 @@ class Cluster:
         profile = ["-m", "cProfile", "-o", self.args.profile] if self.args.profile else []
         self.coordinator = subprocess.Popen(
             [
-                sys.executable,
+                self.args.coordinator_python or sys.executable,
                 *profile,
                 str(BIN / "coordinator"),
                 "serve",
@@ -476,6 +498,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="3 s, 1 miner, 4 clients (CI)")
     parser.add_argument("--profile", default="", help="run the coordinator under cProfile")
     parser.add_argument(
+        "--coordinator-python",
+        default="",
+        help="run the coordinator with this interpreter (a venv with the project installed; "
+        "default: the bench's own)",
+    )
+    parser.add_argument(
         "--http-connections", type=int, default=128, help="client keep-alive connection pool"
     )
     parser.add_argument(
@@ -484,6 +512,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.batch <= 100:
         parser.error("--batch takes 1 to 100 jobs a request (0: one job a request)")
+    if args.coordinator_python and not os.access(args.coordinator_python, os.X_OK):
+        parser.error(f"--coordinator-python: {args.coordinator_python} is not an executable")
     if args.smoke:
         args.duration, args.miners, args.concurrency = 3.0, 1, 4
         args.miner_concurrency = 4
@@ -511,7 +541,7 @@ async def main_async(argv: list[str]) -> int:
         "mode": "connections" if args.connections else ("open" if args.offered_rate else "closed"),
         "config": {k: v for k, v in vars(args).items()},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "versions": versions(),
+        "versions": versions(args.coordinator_python),
         "workdir": str(workdir),
         **result,
     }

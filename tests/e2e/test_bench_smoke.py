@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,11 @@ BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", [[], ["--batch", "10"]], ids=["one-job-a-request", "batch"])
+@pytest.mark.parametrize(
+    "mode",
+    [[], ["--batch", "10", "--coordinator-python", sys.executable]],
+    ids=["one-job-a-request", "batch"],
+)
 def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH), "--smoke", *mode], capture_output=True, text=True, timeout=170
@@ -29,3 +34,18 @@ def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     assert set(report["cpu_ms_per_settled_job"]) == {"coordinator", "miners", "load_generator"}
     assert report["coordinator"]["group_commits"] > 0
     assert report["versions"]["sqlalchemy"]
+    if "--coordinator-python" in mode:
+        assert report["versions"]["coordinator"]["python"] == platform.python_version()
+
+
+def test_bench_refuses_a_coordinator_python_that_is_not_there(tmp_path: Path) -> None:
+    missing = tmp_path / "no-python"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--coordinator-python", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"--coordinator-python: {missing} is not an executable" in done.stderr
+    assert done.stdout == ""
