@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25  # at most this often per job; the latest value wins
 RESULT_RETRY_S = 5.0  # re-send a result the coordinator has not answered after this long
+SCRATCH_PRUNE_INTERVAL_S = 600.0  # look for scratch dirs no job can come back for
 
 
 class MinerDaemon:
@@ -117,6 +118,7 @@ class MinerDaemon:
         """Connect, serve, reconnect with capped back-off; returns once ``stop`` is done."""
         backoff = Backoff()
         watchdog = self._spawn(self._lease_watchdog())
+        pruner = self._spawn(self._prune_scratch_forever())
         try:
             while not self._stop.is_set():
                 try:
@@ -149,6 +151,7 @@ class MinerDaemon:
                     await wait_event(self._stop, delay)
         finally:
             watchdog.cancel()
+            pruner.cancel()
             self.worker.shutdown()
 
     async def shutdown(self, grace_s: float | None = None) -> None:
@@ -325,6 +328,17 @@ class MinerDaemon:
                 if job_id in self.worker.running:
                     await self._send(Progress(job_id, percent, message))
             await asyncio.sleep(PROGRESS_INTERVAL_S)
+
+    async def _prune_scratch_forever(self) -> None:
+        while True:
+            try:
+                removed = await self.worker.prune_job_dirs()
+            except OSError as exc:  # an unreadable work dir must not end the daemon
+                log.warning("cannot prune scratch dirs in %s: %s", self.worker.work_dir, exc)
+            else:
+                if removed:
+                    log.info("removed %d stale scratch dirs", len(removed))
+            await asyncio.sleep(SCRATCH_PRUNE_INTERVAL_S)
 
     async def _lease_watchdog(self) -> None:
         """While disconnected, stop jobs whose lease can no longer have been renewed."""

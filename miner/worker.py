@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from chain.receipts import build_receipt, sign_receipt
 from miner.identity import Identity
 from miner.runtime.base import JobCancelled, JobContext, JobFailed, ModelSpec, RuntimeResult
 from miner.runtime.registry import ModelCache, run_job
+from miner.scratch import remove_stale_job_dirs
 from protocol.canonical import sha256_hex
 from protocol.limits import MAX_OUTPUT_BYTES, MAX_SUMMARY_BYTES
 from protocol.messages import Assign, Failed, ProtocolError, Result, encode
@@ -62,6 +64,8 @@ class Worker:
         self.max_concurrency = max_concurrency
         self.cache = cache or ModelCache()
         self.running: dict[str, RunningJob] = {}
+        # job id -> wall-clock time after which its deadline has surely passed (scratch.py)
+        self.dir_expires: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="ait-job")
 
     def running_ids(self) -> tuple[str, ...]:
@@ -74,6 +78,7 @@ class Worker:
         the job was cancelled (the coordinator already knows)."""
         job = RunningJob(assign)
         self.running[assign.job_id] = job
+        self.dir_expires[assign.job_id] = time.time() + assign.timeout_s
         task = asyncio.get_running_loop().create_task(self._run(job, address, on_progress))
         job.task = task
         return task
@@ -89,6 +94,20 @@ class Worker:
         target = self.job_dir(job_id)
         if target is not None and job_id not in self.running:
             shutil.rmtree(target, ignore_errors=True)
+            self.dir_expires.pop(job_id, None)
+
+    async def prune_job_dirs(self) -> list[str]:
+        """Remove the scratch dirs of cancelled, failed or lost jobs once no assignment can
+        bring them back (miner/scratch.py), off the loop; the job ids whose dirs went."""
+        now = time.time()
+        expires = dict(self.dir_expires)
+        removed = await asyncio.to_thread(
+            remove_stale_job_dirs, self.work_dir, frozenset(self.running), expires, now
+        )
+        for job_id, at in expires.items():
+            if at <= now and job_id not in self.running:
+                self.dir_expires.pop(job_id, None)
+        return removed
 
     def cancel(self, job_id: str, reason: str) -> bool:
         job = self.running.get(job_id)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import random
+import socket
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ from miner.runtime.echo import RUNTIME as ECHO
 from miner.worker import Worker
 from protocol.canonical import sha256_hex
 from protocol.keys import address_of, generate_private_key
-from protocol.limits import MAX_SUMMARY_BYTES
+from protocol.limits import MAX_SUMMARY_BYTES, MAX_TIMEOUT_S
 from protocol.messages import Assign, Failed, Result
 
 CONFIG = """
@@ -273,6 +276,66 @@ async def test_worker_failures_and_cancel(tmp_path: Path) -> None:
     assert worker.cancel("job_w1", "stop")
     assert await asyncio.wait_for(slow, 5) is None
     worker.shutdown()
+
+
+async def test_a_cancelled_jobs_scratch_dir_stays_until_its_deadline_has_passed(
+    tmp_path: Path,
+) -> None:
+    ident = load_identity(tmp_path / "k.json")
+    spec = ModelSpec("echo", "echo", None, 1, "byte", {})
+    worker = Worker(ident, (spec,), "cpu", tmp_path / "work", 1)
+    addr = address_of(generate_private_key())
+    short = Assign(**{**_assign('"x"', delay_ms=30_000).__dict__, "timeout_s": 1})
+    slow = worker.start(short, lambda: addr, lambda *_: None)
+    checkpoint = tmp_path / "work" / "job_w1" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"state")
+    assert await worker.prune_job_dirs() == []  # running: never touched
+    assert worker.cancel("job_w1", "cancelled by the client")
+    assert await asyncio.wait_for(slow, 5) is None
+    # Re-queued, the job could come back here and resume: the checkpoint stays...
+    assert await worker.prune_job_dirs() == [] and checkpoint.exists()
+    # ...until its deadline (at most timeout_s after the assignment came) has passed.
+    for _ in range(50):
+        if await worker.prune_job_dirs():
+            break
+        await asyncio.sleep(0.1)
+    assert not checkpoint.parent.exists() and worker.dir_expires == {}
+    worker.shutdown()
+
+
+async def test_the_daemon_prunes_what_an_earlier_run_left_behind(tmp_path: Path) -> None:
+    from miner.daemon import MinerDaemon
+
+    work = tmp_path / "work"
+    old = work / "job_from_last_month"
+    (old / "checkpoint.pt").parent.mkdir(parents=True)
+    (old / "checkpoint.pt").write_bytes(b"state")
+    fresh = work / "job_from_last_hour"
+    fresh.mkdir()
+    long_ago = time.time() - MAX_TIMEOUT_S - 60
+    for path in (old / "checkpoint.pt", old):
+        os.utime(path, (long_ago, long_ago))
+    with socket.socket() as sock:  # a port nothing listens on: the daemon keeps retrying
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "miner.toml"
+    config.write_text(
+        f'coordinator = "http://127.0.0.1:{port}"\napi_key = "k"\n'
+        f'key_file = "{tmp_path / "k.json"}"\nwork_dir = "{work}"\ndevice = "cpu"\n'
+        '[[models]]\nname = "echo"\nruntime = "echo"\n'
+    )
+    daemon = MinerDaemon(load_settings(config, env={}))
+    running = asyncio.create_task(daemon.run())
+    try:
+        for _ in range(100):
+            if not old.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert not old.exists() and fresh.is_dir()
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(running, 10)
 
 
 def test_cli_keygen_info_and_run_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
