@@ -169,8 +169,9 @@ class BatchLoad(Load):
         ids = await self.submit_batch(self.size)
         if not ids:
             return False
-        try:
-            await asyncio.wait_for(asyncio.gather(*(self._end(i) for i in ids)), BATCH_WAIT_S)
+        try:  # asyncio.timeout, not wait_for: 3.11's wait_for can drop a cancel (waits.py)
+            async with asyncio.timeout(BATCH_WAIT_S):
+                await asyncio.gather(*(self._end(i) for i in ids))
         except TimeoutError:
             self._error("batch_not_ended")
         ended_ms = (time.perf_counter() - started) * 1000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -49,7 +49,9 @@ async def test_take_ready_hands_over_what_waits_without_waiting() -> None:
         assert [e["job_id"] for e in sub.take_ready(10)] == ["job_3", "job_4"]
 
 
-async def _cancelled_in_the_tick(waiter: Any, trigger: Callable[[], None], ticks: int) -> bool:
+async def _cancelled_in_the_tick(
+    waiter: Coroutine[Any, Any, None], trigger: Callable[[], None], ticks: int
+) -> bool:
     """Start `waiter`, fire `trigger`, let `ticks` loop turns pass, cancel: did the
     cancel end the task? (Python 3.11's asyncio.wait_for dropped it at some offsets.)"""
     task = asyncio.create_task(waiter)
