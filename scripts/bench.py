@@ -405,6 +405,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
     writes = grown(metrics_before, metrics_after, "ait_db_writes_total")
     report.update(
         submitted=len(load.job_ids),
+        jobs_per_request=round(len(load.job_ids) / load.requests, 1) if load.requests else None,
         errors=load.errors,
         client_submit_to_done_ms={
             "p50": percentile(load.client_latency_ms, 0.5),

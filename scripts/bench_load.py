@@ -24,10 +24,13 @@ BATCH_WAIT_S = 120.0  # a closed-loop batch not ended by then counts as an error
 class Load:
     """One job a request; each job's end read off its own event stream."""
 
+    jobs_per_request = 1
+
     def __init__(self, session: aiohttp.ClientSession, url: str, job: dict[str, Any]) -> None:
         self.session, self.url = session, url
         self.payload = json.dumps(job).encode()
         self.job_ids: list[str] = []
+        self.requests = 0  # submit requests sent
         self.errors: dict[str, int] = {}
         self.client_latency_ms: list[float] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -41,6 +44,7 @@ class Load:
         task.add_done_callback(self._tasks.discard)
 
     async def submit(self) -> str | None:
+        self.requests += 1
         try:
             async with self.session.post(self.url + "/v1/jobs", data=self.payload) as response:
                 body = await response.read()
@@ -94,9 +98,12 @@ class Load:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     async def open_loop(self, rate: float, until: float) -> None:
+        """Open loop: `rate` jobs/s, sent as soon as a whole request's worth is due (sending
+        what was due each millisecond made every batch a batch of one)."""
         start, sent = time.monotonic(), 0
         while time.monotonic() < until:
             due = int((time.monotonic() - start) * rate) - sent
+            due -= due % self.jobs_per_request
             if due > 0:
                 self.send(due)
                 sent += due
@@ -111,6 +118,7 @@ class BatchLoad(Load):
     ) -> None:
         super().__init__(session, url, job)
         self.job, self.size = job, size
+        self.jobs_per_request = size
         self._ends: dict[str, asyncio.Future[None]] = {}  # awaited or already ended
         self._watcher: asyncio.Task[None] | None = None
 
@@ -150,6 +158,7 @@ class BatchLoad(Load):
                 await self._watcher
 
     async def submit_batch(self, count: int) -> list[str]:
+        self.requests += 1
         body = orjson.dumps({"jobs": [self.job] * count})
         try:
             async with self.session.post(self.url + "/v1/jobs/batch", data=body) as response:

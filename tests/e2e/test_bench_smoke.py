@@ -16,8 +16,12 @@ BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     "mode",
-    [[], ["--batch", "10", "--coordinator-python", sys.executable]],
-    ids=["one-job-a-request", "batch"],
+    [
+        [],
+        ["--batch", "10", "--coordinator-python", sys.executable],
+        ["--batch", "10", "--offered-rate", "200"],
+    ],
+    ids=["one-job-a-request", "batch", "open-loop-batch"],
 )
 def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     done = subprocess.run(
@@ -29,6 +33,8 @@ def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     assert report["submitted"] > 0
     assert report["statuses"] == {"completed": report["submitted"]}
     assert report["settled_jobs_per_s"] > 0
+    # Every request carries a whole batch, in the open loop too (it once sent batches of 1).
+    assert report["jobs_per_request"] == (10.0 if "--batch" in mode else 1.0)
     assert report["submit_to_dispatch_ms"]["p99"] is not None
     # The accounting the docs rely on is there (values are not checked: no timing tests).
     assert set(report["cpu_ms_per_settled_job"]) == {"coordinator", "miners", "load_generator"}
