@@ -91,6 +91,11 @@ class MinerDaemon:
         self._progress_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()  # a job finished or a result was answered
+        # Jobs started and not yet through _finished. The worker lets go of a job when its
+        # task ends; the task's done callback (_finished, which puts the outcome in the
+        # outbox) runs a loop turn later. In between, the job is in neither `running` nor
+        # the outbox, and a drain that looked then stopped the daemon and lost the result.
+        self._in_flight: set[str] = set()
         self._sent_at: dict[str, float] = {}  # job id -> when its result was last sent
 
     @property
@@ -160,9 +165,7 @@ class MinerDaemon:
         self._draining = True
         await self._send(Release((), "shutdown", True))
         deadline = time.monotonic() + grace
-        while (left := deadline - time.monotonic()) > 0 and (
-            self.worker.running or self._unacked()
-        ):
+        while (left := deadline - time.monotonic()) > 0 and (self._in_flight or self._unacked()):
             self._changed.clear()
             await wait_event(self._changed, min(left, 0.5))
         given_back = self.worker.cancel_all("miner shutting down")
@@ -196,7 +199,7 @@ class MinerDaemon:
                 "batch_frames": batches,
             },
         )
-        await frames.send(Resume(self.worker.running_ids(), tuple(self.outbox)))
+        await frames.send(Resume(tuple(self._in_flight), tuple(self.outbox)))
         if self._draining:
             await frames.send(Release((), "shutdown", True))
         for job_id, pending in list(self.outbox.items()):
@@ -249,13 +252,14 @@ class MinerDaemon:
             log.warning("unexpected %s message from the coordinator", msg.TYPE)
 
     async def _on_assign(self, a: Assign) -> None:
-        if a.job_id in self.worker.running:
+        if a.job_id in self._in_flight:
             return  # a re-sent assignment of a job we already run: keep running it
-        if self._draining or len(self.worker.running) >= self.settings.max_concurrency:
+        if self._draining or len(self._in_flight) >= self.settings.max_concurrency:
             await self._send(Failed(a.job_id, "miner has no free slot (draining or full)", True))
             return
         log.info("job assigned", extra={"job_id": a.job_id, "model": a.model, "attempt": a.attempt})
         task = self.worker.start(a, self._address, self._on_progress)
+        self._in_flight.add(a.job_id)
         task.add_done_callback(lambda t: self._finished(a.job_id, t))
 
     def _address(self) -> str:
@@ -263,6 +267,7 @@ class MinerDaemon:
         return self.welcome.address
 
     def _finished(self, job_id: str, task: asyncio.Task[Result | Failed | None]) -> None:
+        self._in_flight.discard(job_id)
         self._progress.pop(job_id, None)
         self._changed.set()
         if task.cancelled():
@@ -295,9 +300,7 @@ class MinerDaemon:
             util = await asyncio.to_thread(gpu.utilisation, self.probe)
             # A job whose result is not answered yet is still ours: keep its lease alive.
             pending = tuple(j for j, m in self.outbox.items() if isinstance(m, Result))
-            held = self.worker.running_ids() + tuple(
-                j for j in pending if j not in self.worker.running
-            )
+            held = tuple(self._in_flight) + tuple(j for j in pending if j not in self._in_flight)
             await frames.send(Heartbeat(held, util))
             self._last_renewed = time.monotonic()
             await self._resend_unanswered(frames, pending)
