@@ -197,6 +197,14 @@ def _assign(text: str, **params: object) -> Assign:
     )
 
 
+def _echo_worker(tmp_path: Path, concurrency: int = 1) -> tuple[Worker, str]:
+    """A worker serving echo at 1 micro-AIT a byte, and an address to pay."""
+    ident = load_identity(tmp_path / "k.json")
+    spec = ModelSpec("echo", "echo", None, 1, "byte", {})
+    payee = address_of(generate_private_key())
+    return Worker(ident, (spec,), "cpu", tmp_path / "work", concurrency), payee
+
+
 async def test_worker_signs_a_verifiable_receipt_off_the_loop(tmp_path: Path) -> None:
     ident = load_identity(tmp_path / "k.json")
     spec = ModelSpec("echo", "echo", None, 2, "byte", {})
@@ -230,10 +238,7 @@ async def test_worker_signs_a_verifiable_receipt_off_the_loop(tmp_path: Path) ->
 async def test_job_scratch_dirs_are_made_by_runtimes_and_removed_once_done(
     tmp_path: Path,
 ) -> None:
-    ident = load_identity(tmp_path / "k.json")
-    spec = ModelSpec("echo", "echo", None, 1, "byte", {})
-    worker = Worker(ident, (spec,), "cpu", tmp_path / "work", 1)
-    addr = address_of(generate_private_key())
+    worker, addr = _echo_worker(tmp_path)
     done = await worker.start(_assign('"x"'), lambda: addr, lambda *_: None)
     assert isinstance(done, Result)
     assert not (tmp_path / "work").exists()  # echo needs none: nothing made per job
@@ -258,10 +263,7 @@ async def test_job_scratch_dirs_are_made_by_runtimes_and_removed_once_done(
 
 
 async def test_worker_failures_and_cancel(tmp_path: Path) -> None:
-    ident = load_identity(tmp_path / "k.json")
-    spec = ModelSpec("echo", "echo", None, 1, "byte", {})
-    worker = Worker(ident, (spec,), "cpu", tmp_path / "work", 2)
-    addr = address_of(generate_private_key())
+    worker, addr = _echo_worker(tmp_path, 2)
     bad = await worker.start(_assign('"x"', fail="no"), lambda: addr, lambda *_: None)
     assert isinstance(bad, Failed) and not bad.retryable and bad.error == "no"
     tampered = _assign('"x"')
@@ -281,10 +283,7 @@ async def test_worker_failures_and_cancel(tmp_path: Path) -> None:
 async def test_a_cancelled_jobs_scratch_dir_stays_until_its_deadline_has_passed(
     tmp_path: Path,
 ) -> None:
-    ident = load_identity(tmp_path / "k.json")
-    spec = ModelSpec("echo", "echo", None, 1, "byte", {})
-    worker = Worker(ident, (spec,), "cpu", tmp_path / "work", 1)
-    addr = address_of(generate_private_key())
+    worker, addr = _echo_worker(tmp_path)
     short = Assign(**{**_assign('"x"', delay_ms=30_000).__dict__, "timeout_s": 1})
     slow = worker.start(short, lambda: addr, lambda *_: None)
     checkpoint = tmp_path / "work" / "job_w1" / "checkpoint.pt"
@@ -384,10 +383,8 @@ def test_a_result_that_does_not_fit_the_protocol_fails_the_job(tmp_path: Path) -
     from miner.runtime.base import RuntimeResult
     from miner.worker import RunningJob
 
-    ident = load_identity(tmp_path / "k.json")
-    spec = ModelSpec("echo", "echo", None, 1, "byte", {})
-    worker = Worker(ident, (spec,), "cpu", tmp_path / "work", 1)
-    addr = address_of(generate_private_key())
+    worker, addr = _echo_worker(tmp_path)
+    spec = worker.models["echo"]
     job = RunningJob(_assign('"x"'))
     bad = worker._result(job, spec, RuntimeResult(b"x", "text/plain", "../../etc/x", 1, {}), addr)
     assert isinstance(bad, Failed) and "filename" in bad.error and not bad.retryable
