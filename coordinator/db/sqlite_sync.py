@@ -47,6 +47,25 @@ CHECKPOINT_INTERVAL_S = 0.5
 FALLBACK_AUTOCHECKPOINT_PAGES = 16_000
 
 
+# UPDATE ... RETURNING came in SQLite 3.35 (which also has 3.32's limit of 32,766 bound
+# parameters: the sealer's statements take up to 1,025).
+MIN_SQLITE_VERSION = (3, 35, 0)
+
+
+class SqliteTooOld(RuntimeError):
+    """The SQLite library this Python's sqlite3 module links is older than we need."""
+
+
+def require_sqlite(version: tuple[int, int, int]) -> None:
+    """Refuse, in one sentence, a SQLite the coordinator's statements would fail on."""
+    if version < MIN_SQLITE_VERSION:
+        found, needed = (".".join(map(str, v)) for v in (version, MIN_SQLITE_VERSION))
+        raise SqliteTooOld(
+            f"this Python's sqlite3 module links SQLite {found}; the coordinator needs "
+            f'{needed} or newer (or use PostgreSQL: db = "postgresql+asyncpg://...")'
+        )
+
+
 class _BufferedCursor(sqlite3.Cursor):
     """A cursor that reads every row when its statement runs, so the statement is
     finished (and its read snapshot released) before anyone looks at the rows."""
@@ -222,6 +241,7 @@ class SqliteStore:
     """
 
     def __init__(self, path: str) -> None:
+        require_sqlite(sqlite3.sqlite_version_info)
         self.memory = path in ("", ":memory:")
         self._write_engine = sqlite_engine(path)
         # ':memory:' is private to its connection: readers share the writer's.
@@ -293,4 +313,4 @@ class SqliteStore:
         return self._write_engine.dialect.name
 
 
-__all__ = ["SqliteStore", "SyncConnection", "sqlite_engine"]
+__all__ = ["SqliteStore", "SqliteTooOld", "SyncConnection", "require_sqlite", "sqlite_engine"]

@@ -3,9 +3,11 @@ stops cleanly on SIGTERM, and refuses bad settings with one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -95,3 +97,29 @@ def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
 def test_serve_refuses_an_unknown_log_level(tmp_path: Path) -> None:
     refusal = _serve_refused("--data-dir", str(tmp_path), "--port", "0", "--log-level", "loud")
     assert refusal == "error: unknown --log-level 'loud' (debug, info, warning, error)"
+
+
+def test_a_database_from_a_newer_coordinator_is_refused_in_one_line(tmp_path: Path) -> None:
+    subprocess.run(
+        [EXE, "keys", "create", "--role", "client", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    with contextlib.closing(sqlite3.connect(tmp_path / "coordinator.db")) as db, db:
+        db.execute(
+            "INSERT INTO schema_version (version, name, applied_at_ms) VALUES (999, 'later', 0)"
+        )
+    refusal = re.compile(
+        r"error: database schema version 999 is newer than this coordinator \(\d+\); "
+        r"upgrade the coordinator"
+    )
+    assert refusal.fullmatch(_serve_refused("--data-dir", str(tmp_path), "--port", "0"))
+    listed = subprocess.run(
+        [EXE, "keys", "list", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 1 and refusal.fullmatch(listed.stderr.strip())
