@@ -49,16 +49,9 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
         raise AssertionError from exc  # unreachable: _fail exits
 
 
-def _unusable_database_errors() -> tuple[type[Exception], ...]:
-    """Errors that say, in one sentence, why this coordinator cannot use its database."""
-    from coordinator.db.migrations import SchemaError
-    from coordinator.db.sqlite_sync import SqliteTooOld
-
-    return (SchemaError, SqliteTooOld)
-
-
 def _with_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     from coordinator.db.database import Database
+    from coordinator.db.migrations import SchemaError
 
     async def main() -> T:
         db = await Database.open(settings.db_url)
@@ -67,12 +60,11 @@ def _with_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
         finally:
             await db.close()
 
-    unusable = _unusable_database_errors()
     try:
         return asyncio.run(main())
     except OSError as exc:
         _fail(f"cannot open the database: {exc}")
-    except unusable as exc:
+    except SchemaError as exc:
         _fail(str(exc))
     except Exception as exc:
         if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
@@ -129,12 +121,13 @@ def serve(
         log_to_stderr(log_level)
     except ValueError:
         _fail(f"unknown --log-level {log_level!r} (debug, info, warning, error)")
-    unusable = _unusable_database_errors()
+    from coordinator.db.migrations import SchemaError
+
     try:
         _run(_serve(settings))
     except OSError as exc:
         _fail(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}")
-    except unusable as exc:
+    except SchemaError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         pass

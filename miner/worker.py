@@ -68,9 +68,6 @@ class Worker:
         self.dir_expires: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="ait-job")
 
-    def running_ids(self) -> tuple[str, ...]:
-        return tuple(self.running)
-
     def start(
         self, assign: Assign, address: Callable[[], str], on_progress: ProgressSink
     ) -> asyncio.Task[Result | Failed | None]:

@@ -117,8 +117,7 @@ class BatchLoad(Load):
         self, session: aiohttp.ClientSession, url: str, job: dict[str, Any], size: int
     ) -> None:
         super().__init__(session, url, job)
-        self.job, self.size = job, size
-        self.jobs_per_request = size
+        self.job, self.jobs_per_request = job, size
         self._ends: dict[str, asyncio.Future[None]] = {}  # awaited or already ended
         self._watcher: asyncio.Task[None] | None = None
 
@@ -175,7 +174,7 @@ class BatchLoad(Load):
 
     async def round_trip(self) -> bool:
         started = time.perf_counter()
-        ids = await self.submit_batch(self.size)
+        ids = await self.submit_batch(self.jobs_per_request)
         if not ids:
             return False
         try:  # asyncio.timeout, not wait_for: 3.11's wait_for can drop a cancel (waits.py)
@@ -190,5 +189,5 @@ class BatchLoad(Load):
         return True
 
     def send(self, count: int) -> None:
-        for first in range(0, count, self.size):
-            self._spawn(self.submit_batch(min(self.size, count - first)))
+        for first in range(0, count, self.jobs_per_request):
+            self._spawn(self.submit_batch(min(self.jobs_per_request, count - first)))

@@ -21,7 +21,8 @@ _PG_MIGRATION_LOCK = 0x41_49_54_01  # pg_advisory_xact_lock key: one migrator at
 
 
 class SchemaError(RuntimeError):
-    """The database holds a schema this coordinator cannot use."""
+    """This coordinator cannot use the database (its schema, or the library under it);
+    the text says why in one sentence, which the CLIs print as it is."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from coordinator.db import prepared
+from coordinator.db.migrations import SchemaError
 from protocol.waits import wait_event
 
 T = TypeVar("T")
@@ -52,7 +53,7 @@ FALLBACK_AUTOCHECKPOINT_PAGES = 16_000
 MIN_SQLITE_VERSION = (3, 35, 0)
 
 
-class SqliteTooOld(RuntimeError):
+class SqliteTooOld(SchemaError):
     """The SQLite library this Python's sqlite3 module links is older than we need."""
 
 

@@ -231,7 +231,7 @@ async def test_worker_signs_a_verifiable_receipt_off_the_loop(tmp_path: Path) ->
     assert r["miner_address"] == payee and r["input_sha256"] == a.input_sha256
     assert r["output_sha256"] == sha256_hex(base64.b64decode(msg.output_b64))
     assert r["cost_uait"] == 2 * r["units"] and json.loads(msg.output_bytes()) == {"x": 1}
-    assert progress and worker.running_ids() == ()
+    assert progress and not worker.running
     worker.shutdown()
 
 
