@@ -32,7 +32,19 @@ class Migration:
     apply: Callable[[AsyncConnection], Awaitable[None]] | None  # None: only in create_all
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", None),)
+async def _seal_by_payment(conn: AsyncConnection) -> None:
+    """2: the unsealed-transfers index holds only unsealed rows, in `seq` order; receipts
+    lose `block_height` (a receipt's block is its payment transfer's)."""
+    await conn.execute(text("DROP INDEX ix_transfers_unsealed"))
+    unsealed = next(i for i in schema.ledger_transfers.indexes if i.name == "ix_transfers_unsealed")
+    await conn.run_sync(unsealed.create)
+    await conn.execute(text("ALTER TABLE receipts DROP COLUMN block_height"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", None),
+    Migration(2, "unsealed transfers index; receipts sealed with payment", _seal_by_payment),
+)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

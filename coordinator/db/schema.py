@@ -131,8 +131,7 @@ receipts = Table(
     Column("receipt", Text, nullable=False),  # JSON exactly as the miner signed it
     Column("signature", Text, nullable=False),  # JSON {"alg","public_key","sig"}
     Column("created_at_ms", BigInteger, nullable=False),
-    # Set by the block sealer (coordinator.service.blocks) when sealed.
-    Column("block_height", BigInteger),
+    # Its block is its payment's (`pay:{job_id}` in ledger_transfers, which carries it).
 )
 
 # The ledger's tables (ledger_accounts, ledger_transfers, ledger_holds) live with its rules

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chain.blocks import RECEIPT_TRANSFER_KIND
 from chain.merkle import merkle_proof
 from coordinator.db.database import Database
-from coordinator.db.schema import chain_blocks, ledger_transfers, receipts
+from coordinator.db.schema import chain_blocks, ledger_transfers
 from coordinator.errors import NotFound
 from coordinator.settings import Settings
 
@@ -99,10 +99,11 @@ async def receipt_block(source: Source, job_id: str) -> dict[str, Any] | None:
     merkle_root), and merkle_root is in the signed header of block `height`.
     """
     async with _connection(source) as conn:
+        # The payment carries the receipt, so the receipt's block is the payment's.
         located = (
             await conn.execute(
-                select(receipts.c.chain_id, receipts.c.block_height).where(
-                    receipts.c.job_id == job_id
+                select(ledger_transfers.c.chain_id, ledger_transfers.c.block_height).where(
+                    ledger_transfers.c.transfer_id == f"{RECEIPT_TRANSFER_KIND}:{job_id}"
                 )
             )
         ).first()
@@ -120,16 +121,19 @@ async def receipt_block(source: Source, job_id: str) -> dict[str, Any] | None:
     block = _row_to_block(row)
     entries: Sequence[Mapping[str, Any]] = block["entries"]
     for index, entry in enumerate(entries):
-        if entry.get("kind") == RECEIPT_TRANSFER_KIND and entry.get("job_id") == job_id:
-            return {
-                "chain_id": located.chain_id,
-                "height": int(located.block_height),
-                "merkle_proof": merkle_proof(entries, index),
-                "merkle_root": block["header"]["merkle_root"],
-                "block_hash": block["hash"],
-                "entry_index": index,
-                "entry": entry,
-            }
+        if entry.get("kind") != RECEIPT_TRANSFER_KIND or entry.get("job_id") != job_id:
+            continue
+        if entry.get("receipt") is None:
+            return None  # paid without its receipt (verification flags that): not sealed
+        return {
+            "chain_id": located.chain_id,
+            "height": int(located.block_height),
+            "merkle_proof": merkle_proof(entries, index),
+            "merkle_root": block["header"]["merkle_root"],
+            "block_hash": block["hash"],
+            "entry_index": index,
+            "entry": entry,
+        }
     return None
 
 

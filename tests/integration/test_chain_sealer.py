@@ -196,16 +196,14 @@ async def test_seal_mints_jobs_and_receipts(db: Database) -> None:
     assert report.minted_uait == 3_000_000
     assert report.balances_compared == 6
 
-    # Every transfer and the receipt are stamped with their block.
+    # Every transfer is stamped with its block; the receipt's is its payment's.
     async with db.read() as conn:
         rows = await conn.execute(
             select(ledger_transfers.c.transfer_id, ledger_transfers.c.block_height)
         )
         heights = {r.transfer_id: r.block_height for r in rows}
-        receipt_height = await conn.scalar(select(receipts.c.block_height))
     assert set(heights.values()) == {0, 1}
     assert heights["pay:job_1"] == 1 and heights["mint:0"] == 0
-    assert receipt_height == 1
 
     where = await receipt_block(db, "job_1")
     assert where is not None
@@ -241,6 +239,10 @@ async def test_payment_without_receipt_is_sealed_late_and_flagged(db: Database) 
     assert await seal_pending(db, CHAIN, COORDINATOR) == 1
     report = verify_chain(await _all_blocks(db), PUB, await _live(db))
     assert [(f.height, f.check) for f in report.failures] == [(0, "missing-receipt")]
+    # A receipt stored after its payment was sealed is in no block.
+    await _add_receipt(db, "job_3", 10, 10_000)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 0
+    assert await receipt_block(db, "job_3") is None
 
 
 async def test_concurrent_sealers_never_seal_a_transfer_twice(chain_db_url: str) -> None:

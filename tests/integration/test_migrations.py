@@ -1,0 +1,138 @@
+"""Schema migrations on real databases: a database of an earlier schema version is brought
+up to date by `Database.open`, keeping its rows, and works afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ait_harness import fresh_postgres_database
+from sqlalchemy import inspect, select, text
+
+from chain import store
+from chain.ledger import Result
+from coordinator.db.database import Database
+from coordinator.db.migrations import LATEST_VERSION
+from coordinator.db.schema import ledger_transfers, receipts, schema_version
+from coordinator.service.blocks import seal_pending
+from protocol.keys import address_of, generate_private_key
+from protocol.timefmt import now_ms
+
+CHAIN = "ait-devnet"
+COORDINATOR = generate_private_key()
+
+# What version 1 had where version 2 differs (the upgrade test rebuilds it from the
+# current schema): an index of every transfer by (chain, block), receipts stamped too.
+_BACK_TO_VERSION_1 = (
+    "DROP INDEX ix_transfers_unsealed",
+    "CREATE INDEX ix_transfers_unsealed ON ledger_transfers (chain_id, block_height)",
+    "ALTER TABLE receipts ADD COLUMN block_height BIGINT",
+    "DELETE FROM schema_version WHERE version > 1",
+)
+
+
+async def _execute(db: Database, *statements: str) -> None:
+    async def op(conn: Any) -> None:
+        for statement in statements:
+            await conn.execute(text(statement))
+
+    await db.write(op)
+
+
+def _plain(index: Any) -> str:
+    # A partial index's WHERE comes back as a TextClause, which compares by identity.
+    options = {key: str(value) for key, value in index.get("dialect_options", {}).items()}
+    return repr({**index, "dialect_options": options})
+
+
+def _shape(sync_conn: Any) -> dict[str, Any]:
+    """Every table's columns and indexes as the server reports them."""
+    inspector = inspect(sync_conn)
+    return {
+        table: {
+            "columns": sorted(
+                (c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)
+            ),
+            "indexes": sorted(_plain(index) for index in inspector.get_indexes(table)),
+            "unique": sorted(
+                inspector.get_unique_constraints(table), key=lambda u: str(u.get("name"))
+            ),
+        }
+        for table in sorted(inspector.get_table_names())
+    }
+
+
+@contextlib.asynccontextmanager
+async def _fresh_database_like(url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A new database of the current schema on the same server as `url`."""
+    if url.startswith("postgresql"):
+        async with fresh_postgres_database() as fresh:
+            yield fresh
+    else:
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+
+
+async def _shape_of(url: str) -> dict[str, Any]:
+    db = await Database.open(url, start_writer=False)
+    try:
+        async with db.read() as conn:
+            shape: dict[str, Any] = await conn.run_sync(_shape)
+            return shape
+    finally:
+        await db.close()
+
+
+async def test_version_1_database_is_upgraded_keeping_its_rows(db_url: str, tmp_path: Path) -> None:
+    db = await Database.open(db_url)
+    try:
+        await _execute(db, *_BACK_TO_VERSION_1)
+        address = address_of(generate_private_key())
+
+        async def rows(conn: Any) -> Result:
+            await conn.execute(
+                receipts.insert().values(
+                    job_id="job_old", chain_id=CHAIN, receipt="{}", signature="{}", created_at_ms=1
+                )
+            )
+            return await store.mint(conn, "mint:old", CHAIN, address, 5_000, now_ms())
+
+        assert await db.write(rows) == Result.CREATED
+    finally:
+        await db.close()
+
+    db = await Database.open(db_url)  # migrates
+    try:
+        async with db.read() as conn:
+            versions = sorted((await conn.execute(select(schema_version.c.version))).scalars())
+            kept = (await conn.execute(select(receipts.c.job_id))).scalars().all()
+        assert versions == list(range(1, LATEST_VERSION + 1))
+        assert kept == ["job_old"]
+        # The sealer works on the migrated database: the old transfer gets its block.
+        assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+        async with db.read() as conn:
+            height = await conn.scalar(
+                select(ledger_transfers.c.block_height).where(
+                    ledger_transfers.c.transfer_id == "mint:old"
+                )
+            )
+        assert height == 0
+    finally:
+        await db.close()
+    # The upgraded database has exactly the shape a new one gets.
+    async with _fresh_database_like(db_url, tmp_path) as fresh_url:
+        assert await _shape_of(db_url) == await _shape_of(fresh_url)
+
+
+async def test_current_database_opens_without_migrating_again(db_url: str) -> None:
+    for _ in range(2):
+        db = await Database.open(db_url)
+        await db.close()
+    db = await Database.open(db_url)
+    try:
+        async with db.read() as conn:
+            versions = (await conn.execute(select(schema_version.c.version))).scalars().all()
+        assert sorted(versions) == list(range(1, LATEST_VERSION + 1))
+    finally:
+        await db.close()
