@@ -145,9 +145,16 @@ def _stamp_transfers(count: int) -> Any:
     )
 
 
+@functools.cache
+def _names(prefix: str, count: int) -> tuple[str, ...]:
+    # Formatting a block's 1,024 names cost ~0.7 ms inside its write transaction.
+    return tuple(f"{prefix}{i}" for i in range(count))
+
+
 def _numbered(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
     """`values` padded, as the parameters `prefix`0, `prefix`1, ... of a statement above."""
-    return {f"{prefix}{i}": value for i, value in enumerate(padded(values))}
+    full = padded(values)
+    return dict(zip(_names(prefix, len(full)), full, strict=True))
 
 
 async def _pending_rows(
