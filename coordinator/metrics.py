@@ -1,7 +1,9 @@
-"""Prometheus text exposition (format 0.0.4) for a few counters and gauges; no dependency."""
+"""Prometheus text exposition (format 0.0.4) for a few counters, gauges and histograms; no
+dependency."""
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
@@ -14,6 +16,35 @@ def _labels(labels: Mapping[str, str]) -> str:
         escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         parts.append(f'{key}="{escaped}"')
     return "{" + ",".join(parts) + "}"
+
+
+class Histogram:
+    """Observations (seconds) counted into buckets by upper bound, as Prometheus keeps them:
+    bucket `le` counts every observation <= le, the last (`+Inf`) all of them."""
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self._counts = [0] * (len(self.bounds) + 1)  # per bucket, the last above every bound
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self._counts)
+
+    def lines(self, name: str) -> list[str]:
+        """The `name_bucket`, `name_sum` and `name_count` samples."""
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, None), self._counts, strict=True):
+            running += count
+            le = "+Inf" if bound is None else f"{bound:g}"
+            out.append(f"{name}_bucket{_labels({'le': le})} {running}")
+        out.append(f"{name}_sum {self.total:.6f}")
+        out.append(f"{name}_count {running}")
+        return out
 
 
 class Metrics:
@@ -35,8 +66,13 @@ class Metrics:
         key = (method, route)
         self.request_seconds_sum[key] = self.request_seconds_sum.get(key, 0.0) + seconds
 
-    def render(self, gauges: Iterable[tuple[str, str, str, Mapping[str, str], float]]) -> str:
-        """`gauges`: (name, type, help, labels, value) computed by the caller."""
+    def render(
+        self,
+        gauges: Iterable[tuple[str, str, str, Mapping[str, str], float]],
+        histograms: Iterable[tuple[str, str, Histogram]] = (),
+    ) -> str:
+        """`gauges`: (name, type, help, labels, value) computed by the caller;
+        `histograms`: (name, help, histogram)."""
         lines: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -70,4 +106,7 @@ class Metrics:
                 family(name, kind, help_text)
                 seen.add(name)
             lines.append(f"{name}{_labels(gauge_labels)} {value:g}")
+        for name, help_text, histogram in histograms:
+            family(name, "histogram", help_text)
+            lines.extend(histogram.lines(name))
         return "\n".join(lines) + "\n"

@@ -132,6 +132,7 @@ async def scrape_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, 
     and coalesced requests and writes (by `name{labels}`)."""
     wanted = (
         "ait_db_commits_total",
+        "ait_db_commit_seconds_bucket",
         "ait_db_writes_total",
         "ait_db_coalesced_",
         "ait_miner_frames_total",
@@ -150,6 +151,33 @@ async def scrape_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, 
 def grown(before: dict[str, float], after: dict[str, float], name: str) -> float:
     """How much the counter `name` (with its labels) grew over the window."""
     return after.get(name, 0) - before.get(name, 0)
+
+
+def commit_times(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """How long the window's group commits took, from the histogram's buckets: the p50
+    and p99 as the bucket bound they fall under (ms), and how many took over 10 ms (on
+    SQLite each one stalled the coordinator's event loop that long)."""
+    grew: list[tuple[float, float]] = []  # (upper bound s, cumulative count)
+    for name in after:
+        if name.startswith("ait_db_commit_seconds_bucket{le="):
+            bound = name.split('"')[1]
+            upper = float("inf") if bound == "+Inf" else float(bound)
+            grew.append((upper, grown(before, after, name)))
+    grew.sort()
+    total = grew[-1][1] if grew else 0
+
+    def at_most(q: float) -> float | None:
+        for bound, count in grew:
+            if total and count >= q * total:
+                return None if bound == float("inf") else round(bound * 1000, 1)
+        return None
+
+    within_10ms = next((count for bound, count in grew if bound >= 0.01), total)
+    return {
+        "p50_at_most_ms": at_most(0.5),
+        "p99_at_most_ms": at_most(0.99),
+        "over_10ms": int(total - within_10ms),
+    }
 
 
 def requests_per_coalesced_write(
@@ -417,6 +445,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
             "peak_rss_mib": round(after["peak_rss_mib"], 1),
             "group_commits": int(commits),
             "writes_per_commit": round(writes / commits, 1) if commits else None,
+            "commit_time": commit_times(metrics_before, metrics_after),
             "requests_per_coalesced_write": requests_per_coalesced_write(
                 metrics_before, metrics_after
             ),

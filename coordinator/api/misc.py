@@ -119,7 +119,9 @@ async def metrics(request: web.Request) -> web.Response:
             ("ait_miners_connected", "gauge", "Connected miners.", {}, len(registry.miners_view()))
         )
     gauges.extend(await block_reads.chain_gauges(core.db, core.settings))
-    text = request.app[METRICS].render(gauges)
+    commit_help = "Group-commit transactions by seconds taken (first operation to commit)."
+    histograms = [("ait_db_commit_seconds", commit_help, writer.commit_seconds)]
+    text = request.app[METRICS].render(gauges, histograms)
     return web.Response(
         text=text,
         content_type="text/plain",

@@ -136,6 +136,13 @@ async def test_operations_endpoints_need_no_key(
     assert "# TYPE ait_jobs gauge" in text
     assert 'ait_db_coalesced_requests_total{kind="admit_many"} 1' in text
     assert 'ait_db_coalesced_writes_total{kind="admit_many"} 1' in text
+    # Every committed transaction is in the commit-time histogram's +Inf bucket.
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+    assert "# TYPE ait_db_commit_seconds histogram" in text
+    commits = samples["ait_db_commits_total"]
+    assert int(commits) >= 1
+    assert samples['ait_db_commit_seconds_bucket{le="+Inf"}'] == commits
+    assert samples["ait_db_commit_seconds_count"] == commits
     status, doc, _ = await call(http, "GET", base + "/v1/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.1")
 
