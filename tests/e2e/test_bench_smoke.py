@@ -58,3 +58,17 @@ def test_bench_refuses_a_coordinator_python_that_is_not_there(tmp_path: Path) ->
     assert done.returncode == 2
     assert f"--coordinator-python: {missing} is not an executable" in done.stderr
     assert done.stdout == ""
+
+
+def test_seal_bench_times_full_blocks_stored_by_the_real_sealer() -> None:
+    seal_bench = BENCH.with_name("bench_seal.py")
+    done = subprocess.run(
+        [sys.executable, str(seal_bench), "--sealed", "1000", "--blocks", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["entries_per_block"] == 1000 and report["blocks_timed"] == 1
+    assert set(report["store_ms"]) == {"median", "max", "first"}
