@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from types import MappingProxyType
 
 import aiohttp
@@ -144,7 +145,7 @@ async def test_413_body_over_the_limit(
     assert (await call(http, "POST", small.url + "/v1/jobs", key, data=form))[0] == 413
 
     # Chunked (no Content-Length) is held to the limit too.
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(10):
             yield b"x" * 1000
 

@@ -5,6 +5,7 @@ and stale, replayed or mismatched results that never pay."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any, TypedDict
 
 import aiohttp
 import pytest
@@ -13,9 +14,10 @@ from api_helpers import call
 
 from chain.ledger import TREASURY_ADDRESS
 from chain.receipts import build_receipt, sign_receipt, verify_receipt
-from coordinator.domain.jobs import JobStatus
+from coordinator.domain.jobs import Job, JobStatus
 from coordinator.service import lifecycle
 from coordinator.service.core import Core
+from coordinator.service.lifecycle import Change
 from protocol.keys import (
     generate_private_key,
     miner_id_from_public_key,
@@ -38,6 +40,11 @@ async def setup(
     return coordinator, client, miner
 
 
+class SignedResult(TypedDict):
+    receipt: dict[str, Any]
+    signature: dict[str, str]
+
+
 class Miner:
     def __init__(self, payee: str) -> None:
         self.key = generate_private_key()
@@ -46,22 +53,20 @@ class Miner:
             miner_id_from_public_key(pub), payee, public_key_hex(self.key)
         )
 
-    def result(
-        self, job: object, output: bytes, units: int, **changes: object
-    ) -> dict[str, object]:
+    def result(self, job: Job, output: bytes, units: int, **changes: object) -> SignedResult:
         receipt = build_receipt(
-            job_id=job.job_id,  # type: ignore[attr-defined]
-            chain_id=job.chain_id,  # type: ignore[attr-defined]
+            job_id=job.job_id,
+            chain_id=job.chain_id,
             miner_address=self.identity.address,
-            client_address=job.client_address,  # type: ignore[attr-defined]
-            model=job.model,  # type: ignore[attr-defined]
-            input_sha256=job.input_sha256,  # type: ignore[attr-defined]
+            client_address=job.client_address,
+            model=job.model,
+            input_sha256=job.input_sha256,
             output_sha256=hashlib.sha256(output).hexdigest(),
             units=units,
             unit="token",
             price_uait_per_unit=PRICE,
-            attempt=job.attempts,  # type: ignore[attr-defined]
-            started_at=iso_ms(job.started_at_ms) or "",  # type: ignore[attr-defined]
+            attempt=job.attempts,
+            started_at=iso_ms(job.started_at_ms) or "",
             completed_at=iso_ms(now_ms()) or "",
             public_key=self.identity.public_key,
         )
@@ -102,9 +107,9 @@ async def test_completed_job_is_settled_downloadable_and_verifiable(
         core,
         job_id,
         miner.identity.miner_id,
-        receipt=signed["receipt"],  # type: ignore[arg-type]
+        receipt=signed["receipt"],
         signature=signed["signature"],
-        output=output,  # type: ignore[arg-type]
+        output=output,
         content_type="application/json",
         filename="output.json",
         summary={},
@@ -115,9 +120,9 @@ async def test_completed_job_is_settled_downloadable_and_verifiable(
         core,
         job_id,
         miner.identity.miner_id,
-        receipt=signed["receipt"],  # type: ignore[arg-type]
+        receipt=signed["receipt"],
         signature=signed["signature"],
-        output=output,  # type: ignore[arg-type]
+        output=output,
         content_type="application/json",
         filename="output.json",
         summary={},
@@ -162,29 +167,29 @@ async def test_bad_results_never_pay(
     assert job is not None
     output = b"out"
 
-    async def complete(who: Miner, signed: dict[str, object], data: bytes = output) -> object:
+    async def complete(who: Miner, signed: SignedResult, data: bytes = output) -> Change:
         return await lifecycle.complete_job(
             core,
             job_id,
             who.identity.miner_id,
-            receipt=signed["receipt"],  # type: ignore[arg-type]
+            receipt=signed["receipt"],
             signature=signed["signature"],
-            output=data,  # type: ignore[arg-type]
+            output=data,
             content_type="text/plain",
             filename="o.txt",
             summary={},
         )
 
     stale = await complete(intruder, intruder.result(job, output, 1))
-    assert stale.outcome == lifecycle.Outcome.STALE  # type: ignore[attr-defined]
+    assert stale.outcome == lifecycle.Outcome.STALE
     for bad in (
         miner.result(job, output, 1, price_uait_per_unit=PRICE * 10, cost_uait=PRICE * 10),
         miner.result(job, output, 1, input_sha256="0" * 64),
         miner.result(job, output, 1, job_id="job_other"),
     ):
-        assert (await complete(miner, bad)).outcome == lifecycle.Outcome.REJECTED  # type: ignore[attr-defined]
+        assert (await complete(miner, bad)).outcome == lifecycle.Outcome.REJECTED
     mismatch = await complete(miner, miner.result(job, output, 1), data=b"changed")
-    assert mismatch.outcome == lifecycle.Outcome.REJECTED  # type: ignore[attr-defined]
+    assert mismatch.outcome == lifecycle.Outcome.REJECTED
     assert await coordinator.balance_uait(miner_key.address) == (0, 0)
     assert await coordinator.balance_uait(client.address) == (9_500_000, 500_000)
 
@@ -205,14 +210,15 @@ async def test_leases_expire_then_fail_after_max_attempts(
     assert body["status"] == "failed" and body["attempts"] == 2 and "lease expired" in body["error"]
     assert await coordinator.balance_uait(client.address) == (10_000_000, 0)
     # A late result from the first miner is stale and pays nothing.
+    assert job is not None
     late = miner.result(job, b"x", 1)
     change = await lifecycle.complete_job(
         core,
         job_id,
         miner.identity.miner_id,
-        receipt=late["receipt"],  # type: ignore[arg-type]
+        receipt=late["receipt"],
         signature=late["signature"],
-        output=b"x",  # type: ignore[arg-type]
+        output=b"x",
         content_type="text/plain",
         filename="o",
         summary={},
@@ -267,9 +273,9 @@ async def test_time_estimate_follows_measured_throughput(
             core,
             first,
             miner.identity.miner_id,
-            receipt=signed["receipt"],  # type: ignore[arg-type]
+            receipt=signed["receipt"],
             signature=signed["signature"],
-            output=b"o",  # type: ignore[arg-type]
+            output=b"o",
             content_type="text/plain",
             filename="o.txt",
             summary={},

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import aiohttp
 import pytest
@@ -75,7 +76,9 @@ async def test_results_that_arrive_together_settle_once_each(
 
     first = jobs[0][1].result(jobs[0][0], b"out", 100)  # sent twice
 
-    def complete(i: int, units: int, who: Miner | None = None, **changes: object) -> object:
+    def complete(
+        i: int, units: int, who: Miner | None = None, **changes: object
+    ) -> Coroutine[Any, Any, Change]:
         job, miner = jobs[i]
         sender = who or miner
         signed = first if i == 0 else miner.result(job, b"out", units, **changes)
@@ -83,7 +86,7 @@ async def test_results_that_arrive_together_settle_once_each(
             core,
             job.job_id,
             sender.identity.miner_id,
-            receipt=signed["receipt"],  # type: ignore[arg-type]
+            receipt=signed["receipt"],
             signature=signed["signature"],
             output=b"out",
             content_type="text/plain",
@@ -101,7 +104,7 @@ async def test_results_that_arrive_together_settle_once_each(
         complete(3, 300),
         complete(4, 100, input_sha256="0" * 64),  # does not fit the job: rejected
         complete(5, 400),
-    )  # type: ignore[arg-type]
+    )
     assert coalescer.operations == before + 1  # one operation wrote them all
     assert [c.outcome for c in changes] == [
         Outcome.OK,

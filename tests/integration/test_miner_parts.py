@@ -13,6 +13,7 @@ import stat
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -391,7 +392,7 @@ def test_a_result_that_does_not_fit_the_protocol_fails_the_job(tmp_path: Path) -
     good = worker._result(job, spec, RuntimeResult(b"x", "text/plain", "out.txt", 1, {}), addr)
     assert isinstance(good, Result) and good.output_bytes() == b"x"
     # A summary travels as JSON: other values become strings, one too large is dropped.
-    odd = {"path": tmp_path, 3: "three", "loss": 0.25}
+    odd: dict[Any, Any] = {"path": tmp_path, 3: "three", "loss": 0.25}  # a runtime's slip
     shown = worker._result(job, spec, RuntimeResult(b"x", "text/plain", "o", 1, odd), addr)
     assert isinstance(shown, Result)
     assert shown.summary == {"path": str(tmp_path), "3": "three", "loss": 0.25}

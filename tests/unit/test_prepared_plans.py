@@ -79,11 +79,11 @@ async def test_repeated_statements_answer_like_sqlalchemy(db: Database) -> None:
 
     # Python-side column defaults are SQLAlchemy's to fill in, plan or not.
     for i in range(3):
-        row = _miner(f"miner_d{i}")
-        del row["jobs_failed"], row["reputation"]
+        values = _miner(f"miner_d{i}")
+        del values["jobs_failed"], values["reputation"]
 
-        async def insert_defaults(conn: Any, row: dict[str, Any] = row) -> None:
-            await conn.execute(_INSERT, row)
+        async def insert_defaults(conn: Any, values: dict[str, Any] = values) -> None:
+            await conn.execute(_INSERT, values)
 
         await db.write(insert_defaults)
     async with db.read() as conn:
@@ -180,7 +180,7 @@ async def test_a_schema_change_re_prepares_cached_statements(db: Database) -> No
         await conn.exec_driver_sql("ALTER TABLE miners ALTER COLUMN jobs_completed TYPE numeric")
 
     await db.write(widen)
-    outcomes = []
+    outcomes: list[int | str] = []
     for _ in range(3):
         try:
             outcomes.append(int(await db.write(bump)))
