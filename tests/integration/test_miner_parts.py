@@ -316,26 +316,28 @@ async def test_the_daemon_prunes_what_an_earlier_run_left_behind(tmp_path: Path)
     long_ago = time.time() - MAX_TIMEOUT_S - 60
     for path in (old / "checkpoint.pt", old):
         os.utime(path, (long_ago, long_ago))
-    with socket.socket() as sock:  # a port nothing listens on: the daemon keeps retrying
+    # A port bound but never listened on: connecting is refused, so the daemon keeps
+    # retrying, and holding it for the whole test keeps any other process off it.
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    config = tmp_path / "miner.toml"
-    config.write_text(
-        f'coordinator = "http://127.0.0.1:{port}"\napi_key = "k"\n'
-        f'key_file = "{tmp_path / "k.json"}"\nwork_dir = "{work}"\ndevice = "cpu"\n'
-        '[[models]]\nname = "echo"\nruntime = "echo"\n'
-    )
-    daemon = MinerDaemon(load_settings(config, env={}))
-    running = asyncio.create_task(daemon.run())
-    try:
-        for _ in range(100):
-            if not old.exists():
-                break
-            await asyncio.sleep(0.05)
-        assert not old.exists() and fresh.is_dir()
-    finally:
-        daemon.stop()
-        await asyncio.wait_for(running, 10)
+        config = tmp_path / "miner.toml"
+        config.write_text(
+            f'coordinator = "http://127.0.0.1:{port}"\napi_key = "k"\n'
+            f'key_file = "{tmp_path / "k.json"}"\nwork_dir = "{work}"\ndevice = "cpu"\n'
+            '[[models]]\nname = "echo"\nruntime = "echo"\n'
+        )
+        daemon = MinerDaemon(load_settings(config, env={}))
+        running = asyncio.create_task(daemon.run())
+        try:
+            for _ in range(100):
+                if not old.exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert not old.exists() and fresh.is_dir()
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(running, 10)
 
 
 def test_cli_keygen_info_and_run_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
