@@ -72,3 +72,4 @@ def test_seal_bench_times_full_blocks_stored_by_the_real_sealer() -> None:
     report = json.loads(done.stdout)
     assert report["entries_per_block"] == 1000 and report["blocks_timed"] == 1
     assert set(report["store_ms"]) == {"median", "max", "first"}
+    assert report["draft_ms"]["median"] > 0
