@@ -31,10 +31,6 @@ class Histogram:
         self._counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
 
-    @property
-    def count(self) -> int:
-        return sum(self._counts)
-
     def lines(self, name: str) -> list[str]:
         """The `name_bucket`, `name_sum` and `name_count` samples."""
         out, running = [], 0
