@@ -41,9 +41,29 @@ async def _seal_by_payment(conn: AsyncConnection) -> None:
     await conn.execute(text("ALTER TABLE receipts DROP COLUMN block_height"))
 
 
+# The jobs indexes that version 3 brought; the first replaces version 2's of that name.
+_READ_INDEXES = (
+    "ix_jobs_client_created",
+    "ix_jobs_client_status",
+    "ix_jobs_created",
+    "ix_jobs_status_created",
+    "ix_jobs_model_completed",
+)
+
+
+async def _read_indexes(conn: AsyncConnection) -> None:
+    """3: job listings, histories and a model's latest completions are read off indexes
+    that give their whole ORDER BY, instead of sorting every matching job."""
+    await conn.execute(text("DROP INDEX ix_jobs_client_created"))
+    for index in schema.jobs.indexes:
+        if index.name in _READ_INDEXES:
+            await conn.run_sync(index.create)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", None),
     Migration(2, "unsealed transfers index; receipts sealed with payment", _seal_by_payment),
+    Migration(3, "indexes for job listings and recent completions", _read_indexes),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

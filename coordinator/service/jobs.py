@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chain import store as ledger_store
@@ -331,24 +331,33 @@ def _owner_filter(key: ApiKey) -> list[Any]:
     return [] if key.role == "admin" else [jobs.c.client_address == key.address]
 
 
+def list_statements(
+    key: ApiKey, status: JobStatus | None, limit: int, offset: int
+) -> tuple[Select[Any], Select[Any]]:
+    """(count, page) of a listing. Each filter has an index that gives the whole ORDER BY
+    (schema.py), so a page costs its own rows plus the index entries OFFSET skips."""
+    cond = _owner_filter(key)
+    if status is not None:
+        cond.append(jobs.c.status == status.value)
+    count = select(func.count()).select_from(jobs).where(*cond)
+    page = (
+        select(*JOB_COLUMNS)
+        .where(*cond)
+        .order_by(jobs.c.created_at_ms.desc(), jobs.c.job_id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return count, page
+
+
 async def list_jobs(
     core: Core, key: ApiKey, status: JobStatus | None, limit: int, offset: int
 ) -> tuple[list[Job], int]:
     """The caller's jobs, newest first, and how many match in all."""
-    cond = _owner_filter(key)
-    if status is not None:
-        cond.append(jobs.c.status == status.value)
+    count, page = list_statements(key, status, limit, offset)
     async with core.db.read() as conn:
-        total = (
-            await conn.execute(select(func.count()).select_from(jobs).where(*cond))
-        ).scalar_one()
-        rows = await conn.execute(
-            select(*JOB_COLUMNS)
-            .where(*cond)
-            .order_by(jobs.c.created_at_ms.desc(), jobs.c.job_id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
+        total = (await conn.execute(count)).scalar_one()
+        rows = await conn.execute(page)
         return [job_from_row(row) for row in rows], int(total)
 
 
@@ -366,26 +375,34 @@ async def history(
     core: Core, key: ApiKey, from_ms: int | None, to_ms: int | None
 ) -> tuple[list[Job], int, int]:
     """Jobs created in [from_ms, to_ms): (jobs oldest first, count, total cost in uAIT)."""
+    totals, page = history_statements(key, from_ms, to_ms)
+    async with core.db.read() as conn:
+        count, cost = (await conn.execute(totals)).one()
+        rows = await conn.execute(page)
+        return [job_from_row(row) for row in rows], int(count), int(cost)
+
+
+def history_statements(
+    key: ApiKey, from_ms: int | None, to_ms: int | None
+) -> tuple[Select[Any], Select[Any]]:
+    """(count and cost, page) of a history: the listing's indexes read forwards."""
     cond = _owner_filter(key)
     if from_ms is not None:
         cond.append(jobs.c.created_at_ms >= from_ms)
     if to_ms is not None:
         cond.append(jobs.c.created_at_ms < to_ms)
-    async with core.db.read() as conn:
-        count, cost = (
-            await conn.execute(
-                select(func.count(), func.coalesce(func.sum(jobs.c.cost_uait), 0))
-                .select_from(jobs)
-                .where(*cond)
-            )
-        ).one()
-        rows = await conn.execute(
-            select(*JOB_COLUMNS)
-            .where(*cond)
-            .order_by(jobs.c.created_at_ms, jobs.c.job_id)
-            .limit(MAX_HISTORY)
-        )
-        return [job_from_row(row) for row in rows], int(count), int(cost)
+    totals = (
+        select(func.count(), func.coalesce(func.sum(jobs.c.cost_uait), 0))
+        .select_from(jobs)
+        .where(*cond)
+    )
+    page = (
+        select(*JOB_COLUMNS)
+        .where(*cond)
+        .order_by(jobs.c.created_at_ms, jobs.c.job_id)
+        .limit(MAX_HISTORY)
+    )
+    return totals, page
 
 
 async def rename(core: Core, key: ApiKey, job_id: str, name: str | None) -> Job:

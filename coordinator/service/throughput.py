@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from coordinator.db import schema
 from coordinator.domain.jobs import JobStatus
@@ -17,6 +17,17 @@ jobs = schema.jobs
 THROUGHPUT_JOBS = 20  # recent completed jobs of a model that its throughput is taken from
 THROUGHPUT_TTL_MS = 30_000
 _throughput: dict[tuple[int, str], tuple[int, Measured | None]] = {}
+
+# The model's latest completions, read newest first off ix_jobs_model_completed: ordered by
+# the receipts' time, it joined and sorted every completed job of the model (40 ms at
+# 38,000 jobs, on the event loop, every TTL), growing with the history (schema version 3).
+RECENT_COMPLETED = (
+    select(schema.receipts.c.receipt, jobs.c.started_at_ms, jobs.c.completed_at_ms)
+    .select_from(jobs.join(schema.receipts, schema.receipts.c.job_id == jobs.c.job_id))
+    .where(jobs.c.model == bindparam("t_model"), jobs.c.status == JobStatus.COMPLETED.value)
+    .order_by(jobs.c.completed_at_ms.desc())
+    .limit(THROUGHPUT_JOBS)
+)
 
 
 @dataclass(frozen=True)
@@ -33,17 +44,9 @@ async def measured_throughput(core: Core, model: str) -> Measured | None:
     hit = _throughput.get(cache_key)
     if hit is not None and hit[0] > now:
         return hit[1]
-    r = schema.receipts
-    query = (
-        select(r.c.receipt, jobs.c.started_at_ms, jobs.c.completed_at_ms)
-        .join(jobs, jobs.c.job_id == r.c.job_id)
-        .where(jobs.c.model == model, jobs.c.status == JobStatus.COMPLETED.value)
-        .order_by(r.c.created_at_ms.desc())
-        .limit(THROUGHPUT_JOBS)
-    )
     units, millis, unit = 0, 0, ""
     async with core.db.read() as conn:
-        for row in await conn.execute(query):
+        for row in await conn.execute(RECENT_COMPLETED, {"t_model": model}):
             receipt = orjson.loads(row.receipt)
             units += int(receipt.get("units", 0))
             unit = unit or str(receipt.get("unit", ""))

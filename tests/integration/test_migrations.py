@@ -23,9 +23,17 @@ from protocol.timefmt import now_ms
 CHAIN = "ait-devnet"
 COORDINATOR = generate_private_key()
 
-# What version 1 had where version 2 differs (the upgrade test rebuilds it from the
-# current schema): an index of every transfer by (chain, block), receipts stamped too.
+# What version 1 had where later versions differ (the upgrade test rebuilds it from the
+# current schema): version 3's read indexes of jobs were one, a client's jobs by time;
+# version 2's unsealed transfers were an index of every transfer by (chain, block), and
+# receipts were stamped too.
 _BACK_TO_VERSION_1 = (
+    "DROP INDEX ix_jobs_client_created",
+    "DROP INDEX ix_jobs_client_status",
+    "DROP INDEX ix_jobs_created",
+    "DROP INDEX ix_jobs_status_created",
+    "DROP INDEX ix_jobs_model_completed",
+    "CREATE INDEX ix_jobs_client_created ON jobs (client_address, created_at_ms)",
     "DROP INDEX ix_transfers_unsealed",
     "CREATE INDEX ix_transfers_unsealed ON ledger_transfers (chain_id, block_height)",
     "ALTER TABLE receipts ADD COLUMN block_height BIGINT",
