@@ -8,7 +8,6 @@ import orjson
 from sqlalchemy import bindparam, select
 
 from coordinator.db import schema
-from coordinator.domain.jobs import JobStatus
 from coordinator.service.core import Core
 from protocol.timefmt import now_ms
 
@@ -24,7 +23,7 @@ _throughput: dict[tuple[int, str], tuple[int, Measured | None]] = {}
 RECENT_COMPLETED = (
     select(schema.receipts.c.receipt, jobs.c.started_at_ms, jobs.c.completed_at_ms)
     .select_from(jobs.join(schema.receipts, schema.receipts.c.job_id == jobs.c.job_id))
-    .where(jobs.c.model == bindparam("t_model"), jobs.c.status == JobStatus.COMPLETED.value)
+    .where(jobs.c.model == bindparam("t_model"), schema.COMPLETED_ONLY)
     .order_by(jobs.c.completed_at_ms.desc())
     .limit(THROUGHPUT_JOBS)
 )
