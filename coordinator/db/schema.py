@@ -19,7 +19,7 @@ from sqlalchemy import (
     literal_column,
 )
 
-from chain.store import ledger_accounts, ledger_holds, ledger_transfers
+from chain.store import ledger_accounts, ledger_holds, ledger_transfers, partial_index
 from chain.store import metadata as ledger_metadata
 
 metadata = MetaData()
@@ -122,15 +122,9 @@ Index("ix_jobs_status_created", jobs.c.status, jobs.c.created_at_ms, jobs.c.job_
 # A model's latest completions (measured throughput). Partial: a job gets its entry once,
 # when it completes, so the status changes before that do not touch it (and on PostgreSQL,
 # where an update writes a new entry in every index its new row belongs to, nor do they).
-# Queries match it by the same literal predicate.
+# The throughput query states the same predicate.
 COMPLETED_ONLY = jobs.c.status == literal_column("'completed'")
-Index(
-    "ix_jobs_model_completed",
-    jobs.c.model,
-    jobs.c.completed_at_ms,
-    sqlite_where=COMPLETED_ONLY,
-    postgresql_where=COMPLETED_ONLY,
-)
+partial_index("ix_jobs_model_completed", COMPLETED_ONLY, jobs.c.model, jobs.c.completed_at_ms)
 Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at_ms)
 Index("ix_jobs_deadline", jobs.c.status, jobs.c.deadline_ms)
 
