@@ -24,7 +24,7 @@ from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
 from coordinator.errors import BadRequest, ValidationFailed
 from coordinator.service import jobs as job_service
 from coordinator.service.core import Core
-from coordinator.service.records import job_summary, job_view
+from coordinator.service.records import job_view
 from coordinator.service.wallets import chain_or_422
 from protocol.money import uait_to_ait
 from protocol.timefmt import iso_ms
@@ -240,7 +240,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     found, total = await job_service.list_jobs(Core.of(request.app), key, status, limit, offset)
     return json_response(
         {
-            "jobs": [job_summary(job) for job in found],
+            "jobs": found,
             "total": total,
             "limit": limit,
             "offset": offset,
@@ -272,7 +272,7 @@ async def history(request: web.Request) -> web.Response:
         {
             "from": request.query.get("from"),
             "to": request.query.get("to"),
-            "jobs": [job_summary(job) for job in found],
+            "jobs": found,
             "count": count,
             "total_cost": uait_to_ait(cost),
             "truncated": count > len(found),

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chain import store as ledger_store
 from chain.ledger import Result
 from coordinator.appkeys import MinerRegistryProtocol
 from coordinator.db import schema
+from coordinator.db.database import Database
 from coordinator.domain import pricing
 from coordinator.domain.jobs import UNITS_BY_UNIT, Job, JobStatus, Priority, Requirements
 from coordinator.errors import Conflict, InsufficientFunds, NotFound, ValidationFailed
 from coordinator.service.core import Core
 from coordinator.service.keys import ApiKey
 from coordinator.service.lifecycle import Outcome, end_job
-from coordinator.service.records import JOB_COLUMNS, dumps, job_from_row
+from coordinator.service.records import (
+    JOB_COLUMNS,
+    SUMMARY_COLUMNS,
+    dumps,
+    job_from_row,
+    summary_from_row,
+)
 from coordinator.service.records import load_job as _load_job_row
 from coordinator.service.throughput import measured_throughput
 from protocol.canonical import sha256_hex
@@ -332,7 +340,11 @@ def _owner_filter(key: ApiKey) -> list[Any]:
 
 
 def list_statements(
-    key: ApiKey, status: JobStatus | None, limit: int, offset: int
+    key: ApiKey,
+    status: JobStatus | None,
+    limit: int,
+    offset: int,
+    columns: Sequence[Any] = SUMMARY_COLUMNS,
 ) -> tuple[Select[Any], Select[Any]]:
     """(count, page) of a listing. Each filter has an index that gives the whole ORDER BY
     (schema.py), so a page costs its own rows plus the index entries OFFSET skips."""
@@ -341,7 +353,7 @@ def list_statements(
         cond.append(jobs.c.status == status.value)
     count = select(func.count()).select_from(jobs).where(*cond)
     page = (
-        select(*JOB_COLUMNS)
+        select(*columns)
         .where(*cond)
         .order_by(jobs.c.created_at_ms.desc(), jobs.c.job_id.desc())
         .limit(limit)
@@ -352,57 +364,99 @@ def list_statements(
 
 async def list_jobs(
     core: Core, key: ApiKey, status: JobStatus | None, limit: int, offset: int
-) -> tuple[list[Job], int]:
-    """The caller's jobs, newest first, and how many match in all."""
+) -> tuple[list[dict[str, Any]], int]:
+    """The caller's jobs as list items (job_summary), newest first, and how many match."""
     count, page = list_statements(key, status, limit, offset)
     async with core.db.read() as conn:
         total = (await conn.execute(count)).scalar_one()
         rows = await conn.execute(page)
-        return [job_from_row(row) for row in rows], int(total)
+        return [summary_from_row(row) for row in rows], int(total)
 
 
 async def latest_job(core: Core, key: ApiKey) -> Job:
-    found, _ = await list_jobs(core, key, None, 1, 0)
-    if not found:
+    _, page = list_statements(key, None, 1, 0, JOB_COLUMNS)
+    async with core.db.read() as conn:
+        row = (await conn.execute(page)).first()
+    if row is None:
         raise NotFound("you have no jobs yet")
-    return found[0]
+    return job_from_row(row)
 
 
 MAX_HISTORY = 10_000
+# Rows a history reads and formats before it lets the event loop run again (~5 ms here):
+# read in one go, 10,000 jobs held the loop for ~250 ms (docs/benchmarks.md, round 12).
+HISTORY_SLICE = 500
 
 
 async def history(
     core: Core, key: ApiKey, from_ms: int | None, to_ms: int | None
-) -> tuple[list[Job], int, int]:
-    """Jobs created in [from_ms, to_ms): (jobs oldest first, count, total cost in uAIT)."""
-    totals, page = history_statements(key, from_ms, to_ms)
-    async with core.db.read() as conn:
-        count, cost = (await conn.execute(totals)).one()
-        rows = await conn.execute(page)
-        return [job_from_row(row) for row in rows], int(count), int(cost)
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Jobs created in [from_ms, to_ms): (list items oldest first, count, total cost in
+    uAIT)."""
+    return await read_history(core.db, key, from_ms, to_ms)
 
 
-def history_statements(
-    key: ApiKey, from_ms: int | None, to_ms: int | None
-) -> tuple[Select[Any], Select[Any]]:
-    """(count and cost, page) of a history: the listing's indexes read forwards."""
+async def read_history(
+    db: Database,
+    key: ApiKey,
+    from_ms: int | None,
+    to_ms: int | None,
+    slice_rows: int = HISTORY_SLICE,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """`history`, read `slice_rows` at a time in (created_at_ms, job_id) order, each slice
+    starting after the last one's final job, the event loop served in between. The count
+    and cost are read last: jobs are never deleted, so `count` covers every job listed."""
+    items: list[dict[str, Any]] = []
+    after: tuple[int, str] | None = None
+    while len(items) < MAX_HISTORY:
+        size = min(slice_rows, MAX_HISTORY - len(items))
+        async with db.read() as conn:
+            rows = (await conn.execute(history_slice(key, from_ms, to_ms, after, size))).all()
+        items += [summary_from_row(row) for row in rows]
+        if len(rows) < size:
+            break
+        after = (rows[-1].created_at_ms, rows[-1].job_id)
+        await asyncio.sleep(0)
+    async with db.read() as conn:
+        count, cost = (await conn.execute(history_totals(key, from_ms, to_ms))).one()
+    return items, int(count), int(cost)
+
+
+def _history_filter(key: ApiKey, from_ms: int | None, to_ms: int | None) -> list[Any]:
     cond = _owner_filter(key)
     if from_ms is not None:
         cond.append(jobs.c.created_at_ms >= from_ms)
     if to_ms is not None:
         cond.append(jobs.c.created_at_ms < to_ms)
-    totals = (
-        select(func.count(), func.coalesce(func.sum(jobs.c.cost_uait), 0))
-        .select_from(jobs)
-        .where(*cond)
-    )
-    page = (
-        select(*JOB_COLUMNS)
+    return cond
+
+
+def history_slice(
+    key: ApiKey,
+    from_ms: int | None,
+    to_ms: int | None,
+    after: tuple[int, str] | None,
+    size: int,
+) -> Select[Any]:
+    """Up to `size` list-item rows of a history after (created_at_ms, job_id) `after`: a
+    range of the listing's indexes, read forwards."""
+    cond = _history_filter(key, from_ms, to_ms)
+    if after is not None:
+        cond.append(tuple_(jobs.c.created_at_ms, jobs.c.job_id) > tuple_(*after))
+    return (
+        select(*SUMMARY_COLUMNS)
         .where(*cond)
         .order_by(jobs.c.created_at_ms, jobs.c.job_id)
-        .limit(MAX_HISTORY)
+        .limit(size)
     )
-    return totals, page
+
+
+def history_totals(key: ApiKey, from_ms: int | None, to_ms: int | None) -> Select[Any]:
+    return (
+        select(func.count(), func.coalesce(func.sum(jobs.c.cost_uait), 0))
+        .select_from(jobs)
+        .where(*_history_filter(key, from_ms, to_ms))
+    )
 
 
 async def rename(core: Core, key: ApiKey, job_id: str, name: str | None) -> Job:

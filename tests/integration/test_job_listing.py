@@ -9,17 +9,25 @@ dispatch."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db.database import Database
 from coordinator.db.schema import jobs, receipts
 from coordinator.domain.jobs import JobStatus
-from coordinator.service.jobs import history_statements, list_statements
+from coordinator.service.jobs import history_slice, list_statements, read_history
 from coordinator.service.keys import ApiKey
+from coordinator.service.records import (
+    JOB_COLUMNS,
+    SUMMARY_COLUMNS,
+    job_from_row,
+    job_summary,
+    summary_from_row,
+)
 from coordinator.service.throughput import RECENT_COMPLETED, THROUGHPUT_JOBS
 
 ALICE, BOB = "ait1" + "a" * 40, "ait1" + "b" * 40
@@ -127,26 +135,71 @@ async def test_listing_pages_come_off_an_index_in_order(
 
 
 @pytest.mark.parametrize("key", [CLIENT, ADMIN], ids=lambda k: k.role)
-async def test_history_comes_off_an_index_oldest_first(db_url: str, key: ApiKey) -> None:
+async def test_history_reads_in_slices_off_an_index_oldest_first(db_url: str, key: ApiKey) -> None:
+    """Slices of 4 rows: three jobs share each millisecond, so ties straddle the slices'
+    boundaries; every job in range comes once, in order, and the loop runs between slices."""
     db = await Database.open(db_url)
     try:
+        await db.write(lambda conn: conn.execute(jobs.insert(), ROWS))
+        turns = 0
 
-        async def check(conn: AsyncConnection) -> tuple[list[str], int, int, str]:
-            await conn.execute(jobs.insert(), ROWS)
-            totals, page = history_statements(key, 1_003, 1_015)
-            count, cost = (await conn.execute(totals)).one()
-            ids = [row.job_id for row in await conn.execute(page)]
-            return ids, int(count), int(cost), await _plan(conn, page)
+        async def ticker() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
 
-        ids, count, cost, plan = await db.write(check)
+        ticking = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        before = turns
+        items, count, cost = await read_history(db, key, 1_003, 1_015, slice_rows=4)
+        during = turns - before
+        ticking.cancel()
+
+        async def plan(conn: AsyncConnection) -> str:
+            return await _plan(conn, history_slice(key, 1_003, 1_015, (1_005, "job_0500"), 4))
+
+        slice_plan = await db.write(plan)
     finally:
         await db.close()
     in_range = [r for r in ROWS if 1_003 <= r["created_at_ms"] < 1_015]
     mine = [r for r in in_range if key.role == "admin" or r["client_address"] == key.address]
     mine.sort(key=lambda r: (r["created_at_ms"], r["job_id"]))
-    assert ids == [r["job_id"] for r in mine]
+    assert [item["job_id"] for item in items] == [r["job_id"] for r in mine]
     assert (count, cost) == (len(mine), sum(r["cost_uait"] for r in mine))
-    assert _sorts_or_scans(plan) == [], plan
+    assert during >= len(mine) // 4  # the loop ran between every two slices
+    assert _sorts_or_scans(slice_plan) == [], slice_plan
+
+
+async def test_list_items_from_rows_equal_those_of_whole_jobs(db_url: str) -> None:
+    """Listings build their items from a few columns; they must read exactly as the items
+    built from the whole job (job_summary of job_from_row)."""
+    varied = [
+        {
+            **_job(i),
+            "name": f"n{i}" if i % 2 else None,
+            "priority": i % 3,
+            "progress": i,
+            "cost_uait": None if i % 2 else i,
+            "started_at_ms": None if i % 2 else 2_000 + i,
+            "completed_at_ms": None if i % 4 else 3_000 + i,
+        }
+        for i in range(12)
+    ]
+    db = await Database.open(db_url)
+    try:
+
+        async def read(conn: AsyncConnection) -> tuple[list[Any], list[Any]]:
+            await conn.execute(jobs.insert(), varied)
+            few = (await conn.execute(select(*SUMMARY_COLUMNS).order_by(jobs.c.job_id))).all()
+            whole = (await conn.execute(select(*JOB_COLUMNS).order_by(jobs.c.job_id))).all()
+            return list(few), list(whole)
+
+        few, whole = await db.write(read)
+    finally:
+        await db.close()
+    assert [summary_from_row(r) for r in few] == [job_summary(job_from_row(r)) for r in whole]
+    assert {item["priority"] for item in map(summary_from_row, few)} == {"low", "normal", "high"}
 
 
 async def test_a_models_latest_completions_come_off_an_index(db_url: str) -> None:
