@@ -129,7 +129,7 @@ SUMMARY_COLUMNS = tuple(
 def job_summary(job: Job) -> dict[str, Any]:
     """A list item: enough to pick a job from a table."""
     return _summary(
-        job.job_id, job.status.value, job.model, job.name, job.priority.rank, job.progress,
+        job.job_id, job.status.value, job.model, job.name, job.priority.value, job.progress,
         job.chain_id, job.created_at_ms, job.started_at_ms, job.completed_at_ms,
         job.estimated_cost_uait, job.cost_uait,
     )  # fmt: skip
@@ -137,7 +137,8 @@ def job_summary(job: Job) -> dict[str, Any]:
 
 def summary_from_row(row: Any) -> dict[str, Any]:
     """job_summary of a row of SUMMARY_COLUMNS, without building the `Job`."""
-    return _summary(*row)
+    job_id, status, model, name, priority_rank, *rest = row
+    return _summary(job_id, status, model, name, Priority.from_rank(priority_rank).value, *rest)
 
 
 def _summary(
@@ -145,7 +146,7 @@ def _summary(
     status: str,
     model: str,
     name: str | None,
-    priority_rank: int,
+    priority: str,
     progress: int,
     chain_id: str,
     created_at_ms: int,
@@ -159,7 +160,7 @@ def _summary(
         "status": status,
         "model": model,
         "name": name,
-        "priority": Priority.from_rank(priority_rank).value,
+        "priority": priority,
         "progress": progress,
         "chain_id": chain_id,
         "created_at": iso_ms(created_at_ms),

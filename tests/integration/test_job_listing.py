@@ -10,6 +10,7 @@ dispatch."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -101,6 +102,13 @@ def _sorts_or_scans(plan: str) -> list[str]:
     return [line for line in lines if any(b in line for b in bad) or line.strip() == "SCAN jobs"]
 
 
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await Database.open(db_url)
+    yield database
+    await database.close()
+
+
 CASES = [
     (key, status)
     for key in (CLIENT, ADMIN)
@@ -110,58 +118,49 @@ CASES = [
 
 @pytest.mark.parametrize(("key", "status"), CASES, ids=lambda v: getattr(v, "role", v))
 async def test_listing_pages_come_off_an_index_in_order(
-    db_url: str, key: ApiKey, status: JobStatus | None
+    db: Database, key: ApiKey, status: JobStatus | None
 ) -> None:
-    db = await Database.open(db_url)
-    try:
+    async def check(conn: AsyncConnection) -> tuple[list[str], int, str]:
+        await conn.execute(jobs.insert(), ROWS)
+        expected_total = len(_expected(key, status, True))
+        seen: list[str] = []
+        for offset in range(0, expected_total + 7, 7):
+            count, page = list_statements(key, status, 7, offset)
+            assert (await conn.execute(count)).scalar_one() == expected_total
+            seen += [row.job_id for row in await conn.execute(page)]
+        plan = await _plan(conn, list_statements(key, status, 7, 21)[1])
+        return seen, expected_total, plan
 
-        async def check(conn: AsyncConnection) -> tuple[list[str], int, str]:
-            await conn.execute(jobs.insert(), ROWS)
-            expected_total = len(_expected(key, status, True))
-            seen: list[str] = []
-            for offset in range(0, expected_total + 7, 7):
-                count, page = list_statements(key, status, 7, offset)
-                assert (await conn.execute(count)).scalar_one() == expected_total
-                seen += [row.job_id for row in await conn.execute(page)]
-            plan = await _plan(conn, list_statements(key, status, 7, 21)[1])
-            return seen, expected_total, plan
-
-        seen, total, plan = await db.write(check)
-    finally:
-        await db.close()
+    seen, total, plan = await db.write(check)
     assert seen == _expected(key, status, newest_first=True)
     assert total == len(seen) and (status == JobStatus.FAILED or total > 0)
     assert _sorts_or_scans(plan) == [], plan
 
 
 @pytest.mark.parametrize("key", [CLIENT, ADMIN], ids=lambda k: k.role)
-async def test_history_reads_in_slices_off_an_index_oldest_first(db_url: str, key: ApiKey) -> None:
+async def test_history_reads_in_slices_off_an_index_oldest_first(db: Database, key: ApiKey) -> None:
     """Slices of 4 rows: three jobs share each millisecond, so ties straddle the slices'
     boundaries; every job in range comes once, in order, and the loop runs between slices."""
-    db = await Database.open(db_url)
-    try:
-        await db.write(lambda conn: conn.execute(jobs.insert(), ROWS))
-        turns = 0
+    await db.write(lambda conn: conn.execute(jobs.insert(), ROWS))
+    turns = 0
 
-        async def ticker() -> None:
-            nonlocal turns
-            while True:
-                turns += 1
-                await asyncio.sleep(0)
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
 
-        ticking = asyncio.ensure_future(ticker())
-        await asyncio.sleep(0)
-        before = turns
-        items, count, cost = await read_history(db, key, 1_003, 1_015, slice_rows=4)
-        during = turns - before
-        ticking.cancel()
+    ticking = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    before = turns
+    items, count, cost = await read_history(db, key, 1_003, 1_015, slice_rows=4)
+    during = turns - before
+    ticking.cancel()
 
-        async def plan(conn: AsyncConnection) -> str:
-            return await _plan(conn, history_slice(key, 1_003, 1_015, (1_005, "job_0500"), 4))
+    async def plan(conn: AsyncConnection) -> str:
+        return await _plan(conn, history_slice(key, 1_003, 1_015, (1_005, "job_0500"), 4))
 
-        slice_plan = await db.write(plan)
-    finally:
-        await db.close()
+    slice_plan = await db.write(plan)
     in_range = [r for r in ROWS if 1_003 <= r["created_at_ms"] < 1_015]
     mine = [r for r in in_range if key.role == "admin" or r["client_address"] == key.address]
     mine.sort(key=lambda r: (r["created_at_ms"], r["job_id"]))
@@ -171,7 +170,7 @@ async def test_history_reads_in_slices_off_an_index_oldest_first(db_url: str, ke
     assert _sorts_or_scans(slice_plan) == [], slice_plan
 
 
-async def test_list_items_from_rows_equal_those_of_whole_jobs(db_url: str) -> None:
+async def test_list_items_from_rows_equal_those_of_whole_jobs(db: Database) -> None:
     """Listings build their items from a few columns; they must read exactly as the items
     built from the whole job (job_summary of job_from_row)."""
     varied = [
@@ -186,62 +185,54 @@ async def test_list_items_from_rows_equal_those_of_whole_jobs(db_url: str) -> No
         }
         for i in range(12)
     ]
-    db = await Database.open(db_url)
-    try:
 
-        async def read(conn: AsyncConnection) -> tuple[list[Any], list[Any]]:
-            await conn.execute(jobs.insert(), varied)
-            few = (await conn.execute(select(*SUMMARY_COLUMNS).order_by(jobs.c.job_id))).all()
-            whole = (await conn.execute(select(*JOB_COLUMNS).order_by(jobs.c.job_id))).all()
-            return list(few), list(whole)
+    async def read(conn: AsyncConnection) -> tuple[list[Any], list[Any]]:
+        await conn.execute(jobs.insert(), varied)
+        few = (await conn.execute(select(*SUMMARY_COLUMNS).order_by(jobs.c.job_id))).all()
+        whole = (await conn.execute(select(*JOB_COLUMNS).order_by(jobs.c.job_id))).all()
+        return list(few), list(whole)
 
-        few, whole = await db.write(read)
-    finally:
-        await db.close()
+    few, whole = await db.write(read)
     assert [summary_from_row(r) for r in few] == [job_summary(job_from_row(r)) for r in whole]
     assert {item["priority"] for item in map(summary_from_row, few)} == {"low", "normal", "high"}
 
 
-async def test_a_models_latest_completions_come_off_an_index(db_url: str) -> None:
+async def test_a_models_latest_completions_come_off_an_index(db: Database) -> None:
     """Measured throughput reads the model's 20 latest completed jobs with their receipts,
     however long the history (it ran a join and sort of all of them, on the loop)."""
-    db = await Database.open(db_url)
-    try:
 
-        async def check(conn: AsyncConnection) -> tuple[list[int], str]:
-            rows = [
+    async def check(conn: AsyncConnection) -> tuple[list[int], str]:
+        rows = [
+            {
+                **_job(i),
+                "model": ("echo", "gpt2")[i % 2],
+                "status": (JobStatus.FAILED if i % 5 == 0 else JobStatus.COMPLETED).value,
+                "started_at_ms": 5_000 + i,
+                "completed_at_ms": 9_000 - i,  # newest completion: the lowest index
+            }
+            for i in range(60)
+        ]
+        await conn.execute(jobs.insert(), rows)
+        await conn.execute(
+            receipts.insert(),
+            [
                 {
-                    **_job(i),
-                    "model": ("echo", "gpt2")[i % 2],
-                    "status": (JobStatus.FAILED if i % 5 == 0 else JobStatus.COMPLETED).value,
-                    "started_at_ms": 5_000 + i,
-                    "completed_at_ms": 9_000 - i,  # newest completion: the lowest index
+                    "job_id": r["job_id"],
+                    "chain_id": "ait-devnet",
+                    "receipt": f'{{"units": {r["completed_at_ms"]}}}',
+                    "signature": "{}",
+                    "created_at_ms": 1,  # the receipt's own time does not order them
                 }
-                for i in range(60)
-            ]
-            await conn.execute(jobs.insert(), rows)
-            await conn.execute(
-                receipts.insert(),
-                [
-                    {
-                        "job_id": r["job_id"],
-                        "chain_id": "ait-devnet",
-                        "receipt": f'{{"units": {r["completed_at_ms"]}}}',
-                        "signature": "{}",
-                        "created_at_ms": 1,  # the receipt's own time does not order them
-                    }
-                    for r in rows
-                    if r["status"] == JobStatus.COMPLETED.value
-                ],
-            )
-            found = await conn.execute(RECENT_COMPLETED, {"t_model": "gpt2"})
-            completed = [int(row.completed_at_ms) for row in found]
-            bound = RECENT_COMPLETED.params(t_model="gpt2")
-            return completed, await _plan(conn, bound)
+                for r in rows
+                if r["status"] == JobStatus.COMPLETED.value
+            ],
+        )
+        found = await conn.execute(RECENT_COMPLETED, {"t_model": "gpt2"})
+        completed = [int(row.completed_at_ms) for row in found]
+        bound = RECENT_COMPLETED.params(t_model="gpt2")
+        return completed, await _plan(conn, bound)
 
-        completed, plan = await db.write(check)
-    finally:
-        await db.close()
+    completed, plan = await db.write(check)
     gpt2_completed = [9_000 - i for i in range(60) if i % 2 == 1 and i % 5 != 0]
     assert completed == gpt2_completed[:THROUGHPUT_JOBS]
     assert _sorts_or_scans(plan) == [] and "SCAN receipts" not in plan, plan
