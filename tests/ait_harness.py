@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from sqlalchemy import text
 
 from chain import store as ledger_store
 from chain.ledger import Result
@@ -104,6 +105,20 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def query_plan(conn: Any, statement: Any) -> str:
+    """The database's plan for `statement`, one line a step; on PostgreSQL with table
+    scans and sorts priced out, so a Sort or Seq Scan in it means no index could serve
+    it (call it inside a transaction: the settings are `SET LOCAL`)."""
+    sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SET LOCAL enable_seqscan = off"))
+        await conn.execute(text("SET LOCAL enable_sort = off"))
+        rows = await conn.execute(text("EXPLAIN " + sql))
+        return "\n".join(str(row[0]) for row in rows)
+    rows = await conn.execute(text("EXPLAIN QUERY PLAN " + sql))
+    return "\n".join(str(row[3]) for row in rows)
 
 
 @dataclass(frozen=True)

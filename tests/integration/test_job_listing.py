@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, select, text
+from ait_harness import query_plan
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db.database import Database
@@ -83,19 +84,6 @@ def _expected(key: ApiKey, status: JobStatus | None, newest_first: bool) -> list
     return [r["job_id"] for r in rows]
 
 
-async def _plan(conn: AsyncConnection, statement: Select[Any]) -> str:
-    """The database's plan for `statement`; on PostgreSQL with table scans and sorts
-    priced out, so a Sort or Seq Scan in it means no index could serve it."""
-    sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("SET LOCAL enable_seqscan = off"))
-        await conn.execute(text("SET LOCAL enable_sort = off"))
-        rows = await conn.execute(text("EXPLAIN " + sql))
-        return "\n".join(str(row[0]) for row in rows)
-    rows = await conn.execute(text("EXPLAIN QUERY PLAN " + sql))
-    return "\n".join(str(row[3]) for row in rows)
-
-
 def _sorts_or_scans(plan: str) -> list[str]:
     bad = ("TEMP B-TREE", "Sort", "Seq Scan")
     lines = plan.splitlines()
@@ -128,7 +116,7 @@ async def test_listing_pages_come_off_an_index_in_order(
             count, page = list_statements(key, status, 7, offset)
             assert (await conn.execute(count)).scalar_one() == expected_total
             seen += [row.job_id for row in await conn.execute(page)]
-        plan = await _plan(conn, list_statements(key, status, 7, 21)[1])
+        plan = await query_plan(conn, list_statements(key, status, 7, 21)[1])
         return seen, expected_total, plan
 
     seen, total, plan = await db.write(check)
@@ -158,7 +146,7 @@ async def test_history_reads_in_slices_off_an_index_oldest_first(db: Database, k
     ticking.cancel()
 
     async def plan(conn: AsyncConnection) -> str:
-        return await _plan(conn, history_slice(key, 1_003, 1_015, (1_005, "job_0500"), 4))
+        return await query_plan(conn, history_slice(key, 1_003, 1_015, (1_005, "job_0500"), 4))
 
     slice_plan = await db.write(plan)
     in_range = [r for r in ROWS if 1_003 <= r["created_at_ms"] < 1_015]
@@ -230,7 +218,7 @@ async def test_a_models_latest_completions_come_off_an_index(db: Database) -> No
         found = await conn.execute(RECENT_COMPLETED, {"t_model": "gpt2"})
         completed = [int(row.completed_at_ms) for row in found]
         bound = RECENT_COMPLETED.params(t_model="gpt2")
-        return completed, await _plan(conn, bound)
+        return completed, await query_plan(conn, bound)
 
     completed, plan = await db.write(check)
     gpt2_completed = [9_000 - i for i in range(60) if i % 2 == 1 and i % 5 != 0]

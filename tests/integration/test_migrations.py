@@ -24,9 +24,9 @@ CHAIN = "ait-devnet"
 COORDINATOR = generate_private_key()
 
 # What version 1 had where later versions differ (the upgrade test rebuilds it from the
-# current schema): version 3's read indexes of jobs were one, a client's jobs by time;
-# version 2's unsealed transfers were an index of every transfer by (chain, block), and
-# receipts were stamped too.
+# current schema): version 4's credit index of transfers held every credit; version 3's
+# read indexes of jobs were one, a client's jobs by time; version 2's unsealed transfers
+# were an index of every transfer by (chain, block), and receipts were stamped too.
 _BACK_TO_VERSION_1 = (
     "DROP INDEX ix_jobs_client_created",
     "DROP INDEX ix_jobs_client_status",
@@ -34,6 +34,8 @@ _BACK_TO_VERSION_1 = (
     "DROP INDEX ix_jobs_status_created",
     "DROP INDEX ix_jobs_model_completed",
     "CREATE INDEX ix_jobs_client_created ON jobs (client_address, created_at_ms)",
+    "DROP INDEX ix_transfers_credit",
+    "CREATE INDEX ix_transfers_credit ON ledger_transfers (credit_address, chain_id)",
     "DROP INDEX ix_transfers_unsealed",
     "CREATE INDEX ix_transfers_unsealed ON ledger_transfers (chain_id, block_height)",
     "ALTER TABLE receipts ADD COLUMN block_height BIGINT",
