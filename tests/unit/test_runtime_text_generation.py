@@ -118,7 +118,10 @@ def test_bad_jobs_fail_clearly(
 
 def test_cancel_stops_generation(spec: ModelSpec, cache: ModelCache, tmp_path: Path) -> None:
     log = ProgressLog(cancel_at=10)
-    ctx, _ = local_context("Hello", {"max_new_tokens": 100}, work_dir=tmp_path, progress=log)
+    # Seeded: unseeded sampling ended with the end-of-text token before 10 tokens in about
+    # one run of 30 (the job then completed, never cancelled).
+    params = {"max_new_tokens": 100, "seed": 1}
+    ctx, _ = local_context("Hello", params, work_dir=tmp_path, progress=log)
     with pytest.raises(JobCancelled):
         run_job(spec, ctx, cache)
     assert log.reports[-1][0] < 100
