@@ -599,24 +599,6 @@ def history_statements(
     return select(counts[0] + counts[1]), page
 
 
-async def history(
-    conn: AsyncConnection,
-    address: str,
-    chain_id: str | None = None,
-    from_ms: int | None = None,
-    to_ms: int | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> tuple[list[Transfer], int]:
-    """Transfers touching `address`, newest first, and how many match in all."""
-    count, page = history_statements(
-        conn.dialect.name, address, chain_id, from_ms, to_ms, limit, offset
-    )
-    total = (await conn.execute(count)).scalar_one()
-    rows = await conn.execute(page)
-    return [transfer_from_row(row) for row in rows], int(total)
-
-
 async def minted(conn: AsyncConnection, chain_id: str) -> int:
     value = (
         await conn.execute(

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from coordinator.db.coalesce import Coalescer, RunMany
 from coordinator.db.migrations import migrate
 from coordinator.db.pg_prepared import PreparedConnection
+from coordinator.db.sqlite_long_reads import LongReadConnection, LongReads
 from coordinator.db.sqlite_sync import SqliteStore
 from coordinator.db.writer import GroupWriter, Transaction, WriteOp, engine_transaction, run_alone
 
@@ -41,6 +42,8 @@ class Database:
         self.url = url
         self._sqlite = sqlite
         self._engine = engine
+        # ':memory:' lives in one connection, which the reader shares: no thread of its own.
+        self._long_reads = None if sqlite is None or sqlite.memory else LongReads(sqlite.path)
         if sqlite is not None:
             self.dialect = sqlite.dialect_name  # "sqlite"
             self._transaction: Transaction = sqlite.transaction
@@ -95,6 +98,8 @@ class Database:
         await self._dispose()
 
     async def _dispose(self) -> None:
+        if self._long_reads is not None:
+            self._long_reads.close()
         if self._sqlite is not None:
             await self._sqlite.stop_checkpoints()
             self._sqlite.close()
@@ -109,6 +114,18 @@ class Database:
             return
         assert self._engine is not None
         async with PreparedConnection(self._engine) as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def read_long(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that take long and answer few rows: counts and sums over
+        a history. On SQLite its statements run on a worker thread with a connection of
+        its own (`coordinator.db.sqlite_long_reads`), so the event loop serves everything
+        else meanwhile; on PostgreSQL (asyncpg waits without blocking) it is `read()`."""
+        if self._long_reads is not None:
+            yield LongReadConnection(self._long_reads)
+            return
+        async with self.read() as conn:
             yield conn
 
     async def write(self, op: WriteOp[T]) -> T:

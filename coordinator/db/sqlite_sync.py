@@ -220,7 +220,7 @@ def _checkpoint(path: str) -> None:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
-def _usable(conn: Connection | None) -> Connection | None:
+def usable_connection(conn: Connection | None) -> Connection | None:
     """`conn` unless it is closed or an error invalidated it."""
     if conn is None or conn.closed or conn.invalidated:
         return None
@@ -249,13 +249,13 @@ class SqliteStore:
         self._read_engine = self._write_engine if self.memory else sqlite_engine(path)
         self._reader: SyncConnection | None = None
         self._writer: Connection | None = None
-        self._path = path
+        self.path = path
         self._checkpoints: asyncio.Task[None] | None = None
         self._stop_checkpoints = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        conn = self._writer = _usable(self._writer) or self._write_engine.connect()
+        conn = self._writer = usable_connection(self._writer) or self._write_engine.connect()
         driver = conn.connection.driver_connection
         assert isinstance(driver, sqlite3.Connection)
         try:
@@ -270,7 +270,7 @@ class SqliteStore:
     def reader(self) -> SyncConnection:
         """The shared reader connection (made on first use, remade if closed or
         invalidated by an error)."""
-        if self._reader is None or _usable(self._reader.sync_connection) is None:
+        if self._reader is None or usable_connection(self._reader.sync_connection) is None:
             # (':memory:': StaticPool hands out the writer's DBAPI connection again.)
             self._reader = SyncConnection(self._read_engine.connect())
         return self._reader
@@ -295,7 +295,7 @@ class SqliteStore:
         while not self._stop_checkpoints.is_set():
             await wait_event(self._stop_checkpoints, CHECKPOINT_INTERVAL_S)
             try:
-                await asyncio.to_thread(_checkpoint, self._path)
+                await asyncio.to_thread(_checkpoint, self.path)
             except Exception as exc:  # keep going; the fallback size still bounds the WAL
                 log.warning("WAL checkpoint failed: %s", exc)
 
@@ -314,4 +314,11 @@ class SqliteStore:
         return self._write_engine.dialect.name
 
 
-__all__ = ["SqliteStore", "SqliteTooOld", "SyncConnection", "require_sqlite", "sqlite_engine"]
+__all__ = [
+    "SqliteStore",
+    "SqliteTooOld",
+    "SyncConnection",
+    "require_sqlite",
+    "sqlite_engine",
+    "usable_connection",
+]

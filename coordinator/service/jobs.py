@@ -367,8 +367,9 @@ async def list_jobs(
 ) -> tuple[list[dict[str, Any]], int]:
     """The caller's jobs as list items (job_summary), newest first, and how many match."""
     count, page = list_statements(key, status, limit, offset)
-    async with core.db.read() as conn:
+    async with core.db.read_long() as conn:  # a count grows with the history
         total = (await conn.execute(count)).scalar_one()
+    async with core.db.read() as conn:
         rows = await conn.execute(page)
         return [summary_from_row(row) for row in rows], int(total)
 
@@ -417,7 +418,7 @@ async def read_history(
             break
         after = (rows[-1].created_at_ms, rows[-1].job_id)
         await asyncio.sleep(0)
-    async with db.read() as conn:
+    async with db.read_long() as conn:
         count, cost = (await conn.execute(history_totals(key, from_ms, to_ms))).one()
     return items, int(count), int(cost)
 
@@ -508,7 +509,7 @@ async def receipt(core: Core, key: ApiKey, job_id: str) -> tuple[dict[str, Any],
 
 
 async def count_by_status(core: Core) -> dict[str, int]:
-    async with core.db.read() as conn:
+    async with core.db.read_long() as conn:  # reads every job's index entry
         rows = await conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
         counts = {status.value: 0 for status in JobStatus}
         counts.update({row[0]: int(row[1]) for row in rows})

@@ -86,10 +86,13 @@ async def history(
     may_read(key, address)
     if chain_id:
         chain_or_422(core, chain_id)
+    count, page = ledger_store.history_statements(
+        core.db.dialect, address, chain_id or None, from_ms, to_ms, limit, offset
+    )
+    async with core.db.read_long() as conn:  # a count grows with the history
+        total = int((await conn.execute(count)).scalar_one())
     async with core.db.read() as conn:
-        found, total = await ledger_store.history(
-            conn, address, chain_id or None, from_ms, to_ms, limit, offset
-        )
+        found = [ledger_store.transfer_from_row(row) for row in await conn.execute(page)]
     return {
         "address": address,
         "chain_id": chain_id or None,

@@ -97,7 +97,11 @@ async def test_history_pages_are_the_address_transfers_newest_first(
         await conn.execute(ledger_transfers.insert(), ROWS)
         pages = []
         for offset in range(0, 70, 6):
-            found, total = await store.history(conn, address, chain_id, from_ms, to_ms, 6, offset)
+            count, page = store.history_statements(
+                conn.dialect.name, address, chain_id, from_ms, to_ms, 6, offset
+            )
+            total = (await conn.execute(count)).scalar_one()
+            found = [store.transfer_from_row(row) for row in await conn.execute(page)]
             pages.append(([t.transfer_id for t in found], total))
         return pages
 
