@@ -6,10 +6,10 @@ The sealer that writes the log is coordinator.service.blocks.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -25,12 +25,15 @@ MAX_ENTRIES_PER_PAGE = 10_000  # a page stops early rather than grow without bou
 DEFAULT_BLOCKS_PER_PAGE = 100
 
 
-def _row_to_block(row: Any) -> dict[str, Any]:
+def _row_to_block(row: Any, *, entries_as_stored: bool = False) -> dict[str, Any]:
+    """A block as the API shows it. With `entries_as_stored` its entries stay the JSON
+    text the sealer stored, which orjson writes into an answer as it is: a page of
+    10,000 entries held the event loop ~95 ms parsing them and writing them out again."""
     return {
-        "header": json.loads(row.header),
-        "entries": json.loads(row.body),
+        "header": orjson.loads(row.header),
+        "entries": orjson.Fragment(row.body) if entries_as_stored else orjson.loads(row.body),
         "hash": row.hash,
-        "signature": json.loads(row.signature),
+        "signature": orjson.loads(row.signature),
     }
 
 
@@ -56,29 +59,37 @@ async def get_blocks(
     chain_id: str,
     from_height: int = 0,
     limit: int = DEFAULT_BLOCKS_PER_PAGE,
+    *,
+    entries_as_stored: bool = False,
 ) -> list[dict[str, Any]]:
     """Blocks of a chain from `from_height` up, in height order: at most `limit`
     (<= MAX_BLOCKS_PER_PAGE), and no more once MAX_ENTRIES_PER_PAGE entries are reached
-    (always at least one block when there is one)."""
+    (always at least one block when there is one). `entries_as_stored`: each block's
+    entries as an `orjson.Fragment` of their stored JSON (for answers), not parsed."""
     limit = max(1, min(limit, MAX_BLOCKS_PER_PAGE))
-    blocks: list[dict[str, Any]] = []
-    entries = 0
+    from_here = (chain_blocks.c.chain_id == chain_id, chain_blocks.c.height >= from_height)
     async with _connection(source) as conn:
-        result = await conn.stream(
-            select(chain_blocks)
-            .where(chain_blocks.c.chain_id == chain_id)
-            .where(chain_blocks.c.height >= from_height)
+        # Headers first, to see how many blocks fit the page: SQLite reads every row a
+        # statement selects (a block's body is ~650 KB at 1,000 entries), and reading a
+        # page's 100 blocks to answer 11 of them took ~45 ms, on the event loop.
+        headers = await conn.execute(
+            select(chain_blocks.c.header)
+            .where(*from_here)
             .order_by(chain_blocks.c.height)
             .limit(limit)
         )
-        async for row in result:
-            block = _row_to_block(row)
-            entries += len(block["entries"])
-            if blocks and entries > MAX_ENTRIES_PER_PAGE:
+        fit = entries = 0
+        for (header,) in headers:
+            entries += orjson.loads(header)["entry_count"]
+            if fit and entries > MAX_ENTRIES_PER_PAGE:
                 break
-            blocks.append(block)
-        await result.close()
-    return blocks
+            fit += 1
+        if not fit:
+            return []
+        rows = await conn.execute(
+            select(chain_blocks).where(*from_here).order_by(chain_blocks.c.height).limit(fit)
+        )
+        return [_row_to_block(row, entries_as_stored=entries_as_stored) for row in rows]
 
 
 async def chain_height(source: Source, chain_id: str) -> int | None:
@@ -151,7 +162,7 @@ async def blocks_page(
     """`GET /v1/chain/{chain_id}/blocks`: a page of blocks and where the next one starts."""
     _known_chain(settings, chain_id)
     async with db.read() as conn:
-        blocks = await get_blocks(conn, chain_id, from_height, limit)
+        blocks = await get_blocks(conn, chain_id, from_height, limit, entries_as_stored=True)
         height = await chain_height(conn, chain_id)
     next_height = blocks[-1]["header"]["height"] + 1 if blocks else from_height
     has_more = height is not None and next_height <= height
@@ -167,7 +178,7 @@ async def blocks_page(
 async def one_block(db: Database, settings: Settings, chain_id: str, height: int) -> dict[str, Any]:
     """`GET /v1/chain/{chain_id}/blocks/{height}`."""
     _known_chain(settings, chain_id)
-    blocks = await get_blocks(db, chain_id, height, 1)
+    blocks = await get_blocks(db, chain_id, height, 1, entries_as_stored=True)
     if not blocks or blocks[0]["header"]["height"] != height:
         raise NotFound(f"chain {chain_id!r} has no block at height {height}")
     return blocks[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from sqlalchemy import select
 
@@ -25,6 +26,7 @@ from chain.receipts import build_receipt, sign_receipt
 from chain.verify import verify_chain
 from coordinator.db.database import Database
 from coordinator.db.schema import ledger_transfers, receipts
+from coordinator.service import block_reads
 from coordinator.service.block_reads import chain_gauges, chain_height, get_blocks
 from coordinator.service.blocks import (
     RECEIPT_WAIT_MS,
@@ -214,6 +216,32 @@ async def test_seal_mints_jobs_and_receipts(db: Database) -> None:
     assert await receipt_block(db, "job_unknown") is None
     # Other chains are independent.
     assert await get_blocks(db, "ait-testnet") == []
+
+
+async def test_a_page_of_blocks_stops_at_its_entry_budget(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page holds whole blocks up to MAX_ENTRIES_PER_PAGE entries (a first block over it
+    comes alone), and the entries answered as stored are the entries parsed."""
+    for n in range(5):  # blocks of 1, 4, 1, 4 and 1 entries
+        if n % 2:
+            await _job(db, f"job_{n}", held=500_000, units=12, price=10_000)
+        else:
+            await _mint(db, n)
+        assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    monkeypatch.setattr(block_reads, "MAX_ENTRIES_PER_PAGE", 5)
+    pages = []
+    while sum(map(len, pages)) < 5:
+        start = sum(map(len, pages))
+        pages.append(await get_blocks(db, CHAIN, from_height=start, limit=100))
+    assert [[b["header"]["height"] for b in page] for page in pages] == [[0, 1], [2, 3], [4]]
+    stored = await get_blocks(db, CHAIN, limit=2, entries_as_stored=True)
+    parsed = await get_blocks(db, CHAIN, limit=2)
+    assert all(isinstance(b["entries"], orjson.Fragment) for b in stored)
+    assert orjson.loads(orjson.dumps(stored)) == parsed
+    assert [len(b["entries"]) for b in parsed] == [1, 4]
+    monkeypatch.setattr(block_reads, "MAX_ENTRIES_PER_PAGE", 3)
+    assert [b["header"]["height"] for b in await get_blocks(db, CHAIN, 1)] == [1]
 
 
 async def test_payment_waits_for_its_receipt(db: Database) -> None:
