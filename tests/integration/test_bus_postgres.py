@@ -1,0 +1,39 @@
+"""The job bus between processes on the real PostgreSQL server: events a process publishes
+reach every other process's subscribers in order, however many go out together, and
+reach its own subscribers once (PostgreSQL echoes each NOTIFY to its sender too)."""
+
+from __future__ import annotations
+
+from ait_harness import fresh_postgres_database, require_postgres
+
+from coordinator.bus import JobBus
+
+BURST = 300  # events published in one loop turn: NOTIFYs that wait go out together
+
+
+async def test_a_burst_reaches_another_process_in_order_and_the_publisher_once() -> None:
+    require_postgres()
+    async with fresh_postgres_database() as url:
+        dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        a, b = JobBus(), JobBus()
+        await a.attach_postgres(dsn)
+        await b.attach_postgres(dsn)
+        try:
+            async with a.subscribe(None, 2 * BURST) as mine, b.subscribe(None, 2 * BURST) as theirs:
+                for n in range(BURST):
+                    a.publish(f"job_{n}", {"type": "status", "status": "queued", "n": n})
+                a.wake()
+                got = [await theirs.get(10) for _ in range(BURST)]
+                assert [e and (e["job_id"], e["n"]) for e in got] == [
+                    (f"job_{n}", n) for n in range(BURST)
+                ]
+                assert await b.wait_for_work(10)
+                # b's marker is sent after a's burst was delivered to b, so a has had its
+                # own echoes by the time the marker reaches it.
+                b.publish("marker", {"type": "status", "status": "queued"})
+                seen = [await mine.get(10) for _ in range(BURST + 1)]
+                assert [e and e["job_id"] for e in seen][-1] == "marker"
+                assert await mine.get(0.2) is None  # nothing twice
+        finally:
+            await a.close()
+            await b.close()
