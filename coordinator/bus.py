@@ -222,31 +222,32 @@ class JobBus:
         task = asyncio.get_running_loop().create_task(self._send_notifies())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_log_failure)
 
     async def _send_notifies(self) -> None:
         """Send what waits in `_outgoing` as one statement, then what came meanwhile, until
         nothing waits. A NOTIFY each cost a round trip to the server (three or four a
         job); within one statement PostgreSQL delivers them in order (docs/benchmarks.md,
-        round 13). What a failed statement held is lost, as a failed NOTIFY was."""
+        round 13). What a failed statement held is lost, as a failed NOTIFY was; what
+        came meanwhile still goes."""
         try:
             while self._outgoing:
                 batch, self._outgoing = self._outgoing, []
-                async with self._pg_lock:
-                    if any(channel == WAKE_CHANNEL for channel, _ in batch):
-                        self._wake_notify_pending = False
-                    if self._pg is not None and not self._closing:
-                        channels, payloads = zip(*batch, strict=True)
-                        await self._pg.execute(_NOTIFY_ALL, list(channels), list(payloads))
+                try:
+                    await self._notify_all(batch)
+                except Exception:
+                    log.warning("NOTIFY of %d messages failed", len(batch), exc_info=True)
         finally:
             self._sending = False
+
+    async def _notify_all(self, batch: list[tuple[str, str]]) -> None:
+        async with self._pg_lock:
+            if any(channel == WAKE_CHANNEL for channel, _ in batch):
+                self._wake_notify_pending = False
+            if self._pg is not None and not self._closing:
+                channels, payloads = zip(*batch, strict=True)
+                await self._pg.execute(_NOTIFY_ALL, list(channels), list(payloads))
 
 
 # Notifications sent in one transaction are delivered in the order sent (identical ones,
 # same channel and payload, only once); unnest keeps the arrays' order.
 _NOTIFY_ALL = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("NOTIFY failed", exc_info=task.exception())

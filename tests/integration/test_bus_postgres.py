@@ -4,9 +4,12 @@ reach its own subscribers once (PostgreSQL echoes each NOTIFY to its sender too)
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from ait_harness import fresh_postgres_database, require_postgres
 
-from coordinator.bus import JobBus
+from coordinator.bus import EVENTS_CHANNEL, JobBus
 
 BURST = 300  # events published in one loop turn: NOTIFYs that wait go out together
 
@@ -34,6 +37,30 @@ async def test_a_burst_reaches_another_process_in_order_and_the_publisher_once()
                 seen = [await mine.get(10) for _ in range(BURST + 1)]
                 assert [e and e["job_id"] for e in seen][-1] == "marker"
                 assert await mine.get(0.2) is None  # nothing twice
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_a_failed_notify_loses_only_what_its_statement_held(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    require_postgres()
+    async with fresh_postgres_database() as url:
+        dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        a, b = JobBus(), JobBus()
+        await a.attach_postgres(dsn)
+        await b.attach_postgres(dsn)
+        try:
+            async with b.subscribe(None) as theirs:
+                # Over PostgreSQL's 8000-byte payload limit (publish never sends one):
+                # the statement carrying it fails.
+                a._spawn_notify(EVENTS_CHANNEL, "x" * 9000)
+                await asyncio.sleep(0)  # that statement is on its way
+                a.publish("job_after", {"type": "status", "status": "queued"})
+                event = await theirs.get(10)
+                assert event is not None and event["job_id"] == "job_after"
+            assert "NOTIFY of 1 messages failed" in caplog.text
         finally:
             await a.close()
             await b.close()
