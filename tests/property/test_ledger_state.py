@@ -96,6 +96,7 @@ class LedgerMachine(RuleBasedStateMachine):
         """A claim by a dearer miner grows a pending hold; nothing else moves money."""
         hold = self.ledger.holds.get(hold_id_for(job_id))
         before = snapshot(self.ledger)
+        free = None if hold is None else self.ledger.balance(available(hold.chain_id, hold.address))
         self.counter += 1
         attempt = self.counter
         result = self.ledger.top_up(job_id, attempt, amount)
@@ -104,7 +105,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert result == expected
             assert snapshot(self.ledger) == before
             return
-        if amount > self.ledger.balance(available(hold.chain_id, hold.address)):
+        assert free is not None
+        if amount > free:  # what was free before the top-up, not what it left
             assert result == Result.EXCEEDS_AVAILABLE
             assert snapshot(self.ledger) == before
             return
