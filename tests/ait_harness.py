@@ -107,6 +107,33 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
             await admin.close()
 
 
+class LoopTurns:
+    """`async with LoopTurns() as turns:` counts the event loop's turns while the block
+    runs (`turns.during`): a task that only yields runs once a turn, so a block that holds
+    the loop leaves it at zero or one."""
+
+    def __init__(self) -> None:
+        self.during = 0
+        self._count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            self._count += 1
+            await asyncio.sleep(0)
+
+    async def __aenter__(self) -> LoopTurns:
+        self._task = asyncio.ensure_future(self._tick())
+        await asyncio.sleep(0)  # the ticker is running
+        self._count = 0
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.during = self._count
+        assert self._task is not None
+        self._task.cancel()
+
+
 async def query_plan(conn: Any, statement: Any) -> str:
     """The database's plan for `statement`, one line a step; on PostgreSQL with table
     scans and sorts priced out, so a Sort or Seq Scan in it means no index could serve

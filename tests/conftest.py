@@ -7,6 +7,7 @@
   are off in it (tests make many calls); `coordinator_factory(**settings)` starts one with
   other settings (e.g. the default rate limits).
 - `client_key`, `admin_key`: `KeyInfo(api_key, key_id, role, address)` made on it.
+- `db`: a `Database` opened (migrated, writer started) on `db_url`, closed afterwards.
 
 The classes and helpers the fixtures use live in `ait_harness` (import them from there).
 """
@@ -32,6 +33,7 @@ from ait_harness import (
 )
 
 from coordinator.app import create_app
+from coordinator.db.database import Database
 from coordinator.settings import Settings
 
 
@@ -49,6 +51,13 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     require_postgres()
     async with fresh_postgres_database() as url:
         yield url
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await Database.open(db_url)
+    yield database
+    await database.close()
 
 
 @pytest.fixture

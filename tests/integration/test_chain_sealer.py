@@ -230,10 +230,11 @@ async def test_a_page_of_blocks_stops_at_its_entry_budget(
             await _mint(db, n)
         assert await seal_pending(db, CHAIN, COORDINATOR) == 1
     monkeypatch.setattr(block_reads, "MAX_ENTRIES_PER_PAGE", 5)
-    pages = []
-    while sum(map(len, pages)) < 5:
-        start = sum(map(len, pages))
-        pages.append(await get_blocks(db, CHAIN, from_height=start, limit=100))
+    pages: list[list[dict[str, Any]]] = []
+    read = 0
+    while read < 5:
+        pages.append(await get_blocks(db, CHAIN, from_height=read, limit=100))
+        read += len(pages[-1])
     assert [[b["header"]["height"] for b in page] for page in pages] == [[0, 1], [2, 3], [4]]
     stored = await get_blocks(db, CHAIN, limit=2, entries_as_stored=True)
     parsed = await get_blocks(db, CHAIN, limit=2)

@@ -9,12 +9,10 @@ dispatch."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ait_harness import query_plan
+from ait_harness import LoopTurns, query_plan
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -90,13 +88,6 @@ def _sorts_or_scans(plan: str) -> list[str]:
     return [line for line in lines if any(b in line for b in bad) or line.strip() == "SCAN jobs"]
 
 
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = await Database.open(db_url)
-    yield database
-    await database.close()
-
-
 CASES = [
     (key, status)
     for key in (CLIENT, ADMIN)
@@ -130,20 +121,8 @@ async def test_history_reads_in_slices_off_an_index_oldest_first(db: Database, k
     """Slices of 4 rows: three jobs share each millisecond, so ties straddle the slices'
     boundaries; every job in range comes once, in order, and the loop runs between slices."""
     await db.write(lambda conn: conn.execute(jobs.insert(), ROWS))
-    turns = 0
-
-    async def ticker() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    ticking = asyncio.ensure_future(ticker())
-    await asyncio.sleep(0)
-    before = turns
-    items, count, cost = await read_history(db, key, 1_003, 1_015, slice_rows=4)
-    during = turns - before
-    ticking.cancel()
+    async with LoopTurns() as turns:
+        items, count, cost = await read_history(db, key, 1_003, 1_015, slice_rows=4)
 
     async def plan(conn: AsyncConnection) -> str:
         return await query_plan(conn, history_slice(key, 1_003, 1_015, (1_005, "job_0500"), 4))
@@ -154,7 +133,7 @@ async def test_history_reads_in_slices_off_an_index_oldest_first(db: Database, k
     mine.sort(key=lambda r: (r["created_at_ms"], r["job_id"]))
     assert [item["job_id"] for item in items] == [r["job_id"] for r in mine]
     assert (count, cost) == (len(mine), sum(r["cost_uait"] for r in mine))
-    assert during >= len(mine) // 4  # the loop ran between every two slices
+    assert turns.during >= len(mine) // 4  # the loop ran between every two slices
     assert _sorts_or_scans(slice_plan) == [], slice_plan
 
 

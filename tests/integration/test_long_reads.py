@@ -4,11 +4,11 @@ SQLite counts; on PostgreSQL they are ordinary reads."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 
 import pytest
+from ait_harness import LoopTurns
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
@@ -39,24 +39,11 @@ async def test_long_reads_answer_like_reads_and_survive_errors(db_url: str) -> N
 
 async def test_sqlite_long_reads_leave_the_event_loop_free(tmp_path: Path) -> None:
     db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
-    turns = 0
-
-    async def ticker() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    ticking = asyncio.ensure_future(ticker())
     try:
-        await asyncio.sleep(0)
-        before = turns
-        async with db.read_long() as conn:
+        async with LoopTurns() as turns, db.read_long() as conn:
             assert (await conn.execute(SLOW_COUNT)).scalar_one() == 1_000_000
-        during = turns - before
     finally:
-        ticking.cancel()
         await db.close()
-    # Run on the loop's thread, the count would have let the ticker run once at most.
-    assert during > 100, during
+    # Run on the loop's thread, the count would have let the loop turn once at most.
+    assert turns.during > 100, turns.during
     assert not [t for t in threading.enumerate() if t.name.startswith("sqlite-long-read")]

@@ -8,7 +8,6 @@ first page of 68,000 transfers took 109 ms), stalling every request and dispatch
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -70,13 +69,6 @@ def _expected(address: str, chain_id: str | None, window: tuple[int, int] | None
         and (window is None or window[0] <= r["created_at_ms"] < window[1])
     ]
     return [r["transfer_id"] for r in sorted(rows, key=lambda r: r["seq"], reverse=True)]
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = await Database.open(db_url)
-    yield database
-    await database.close()
 
 
 CASES = [

@@ -42,13 +42,6 @@ def _miner(miner_id: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def db(db_url: str) -> Any:
-    database = await Database.open(db_url)
-    yield database
-    await database.close()
-
-
 async def test_repeated_statements_answer_like_sqlalchemy(db: Database) -> None:
     for batch in range(3):  # many parameter sets: the third runs through the plan
 
