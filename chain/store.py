@@ -112,7 +112,7 @@ partial_index(
 # would otherwise walk past. On SQLite `seq` is the rowid, which ends every index entry:
 # rows of one address and chain come in `seq` order. With an OR of the two addresses
 # SQLite gathered every transfer of the address and sorted them for each page: a client's
-# first page of 68,000 took 109 ms, on the event loop (docs/benchmarks.md, round 13).
+# first page of 68,000 took 130-155 ms, on the event loop (docs/benchmarks.md, round 13).
 FROM_ANOTHER = ledger_transfers.c.debit_address != ledger_transfers.c.credit_address
 Index("ix_transfers_debit", ledger_transfers.c.debit_address, ledger_transfers.c.chain_id)
 partial_index(

@@ -4,7 +4,7 @@ version 4).
 
 With an OR of the debit and credit addresses the database gathered every transfer of the
 address and sorted them for each page; on SQLite that ran on the event loop (a client's
-first page of 68,000 transfers took 109 ms), stalling every request and dispatch."""
+first page of 68,000 transfers took 130-155 ms), stalling every request and dispatch."""
 
 from __future__ import annotations
 
