@@ -245,6 +245,23 @@ async def test_a_page_of_blocks_stops_at_its_entry_budget(
     assert [b["header"]["height"] for b in await get_blocks(db, CHAIN, 1)] == [1]
 
 
+async def test_receipt_proofs_of_one_block_agree_however_often_asked(db: Database) -> None:
+    """Proofs come from a block parsed once for them (kept among the recent few): each
+    job's proof verifies against its block's root, and asking again answers the same."""
+    await _mint(db, 0, amount=10_000_000)
+    for n in range(5):
+        await _job(db, f"job_{n}", held=500_000, units=12, price=10_000)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    root = (await get_blocks(db, CHAIN))[0]["header"]["merkle_root"]
+    first = [await receipt_block(db, f"job_{n}") for n in range(5)]
+    for n, where in enumerate(first):
+        assert where is not None and where["entry"]["job_id"] == f"job_{n}"
+        assert where["merkle_root"] == root
+        assert verify_proof(where["entry"], where["merkle_proof"], root)
+    assert len({where["entry_index"] for where in first if where}) == 5
+    assert [await receipt_block(db, f"job_{n}") for n in range(5)] == first
+
+
 async def test_payment_waits_for_its_receipt(db: Database) -> None:
     await _mint(db, 0)
     await _job(db, "job_2", held=300_000, units=10, price=10_000, with_receipt=False)

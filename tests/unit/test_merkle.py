@@ -9,6 +9,7 @@ import pytest
 
 from chain.merkle import (
     EMPTY_ROOT,
+    MerkleTree,
     leaf_hash,
     merkle_proof,
     merkle_root,
@@ -59,6 +60,15 @@ def test_every_proof_verifies(n: int) -> None:
         other = leaves[(index + 1) % n]
         if n > 1:
             assert not verify_proof(other, proof, root)
+
+
+def test_one_tree_proves_every_leaf_and_ends_in_the_root() -> None:
+    leaves = _entries(13)
+    tree = MerkleTree(leaves)
+    assert tree.levels[-1] == [bytes.fromhex(merkle_root(leaves))]
+    assert [tree.proof(i) for i in range(13)] == [merkle_proof(leaves, i) for i in range(13)]
+    with pytest.raises(IndexError):
+        tree.proof(13)
 
 
 def test_proof_fails_when_any_byte_changes() -> None:
