@@ -7,7 +7,7 @@ methods of `MinerRegistryProtocol`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from coordinator.domain.jobs import Job
     from coordinator.domain.pricing import Offer
     from coordinator.metrics import Metrics
+    from coordinator.service.lifecycle import ClaimRequest
     from coordinator.settings import Settings
 
 
@@ -46,9 +47,25 @@ class MinerRegistryProtocol(Protocol):
         """`GET /v1/models` items: model, miners online, price range."""
 
 
+class AdmissionDispatchProtocol(Protocol):
+    """What job submission asks the hub so a free miner can claim a job in the commit that
+    admits it (docs/architecture.md, "Dispatch at admission")."""
+
+    def reserve(self, jobs: Sequence[Job], lease_ms: int) -> dict[str, ClaimRequest]:
+        """Claims for the jobs free miners can take now, by job id; each holds a slot of
+        its miner until it is delivered or released."""
+
+    def release(self, job_ids: Iterable[str]) -> None:
+        """Give back the slots of these jobs' claims (not made; unknown ids are ignored)."""
+
+    def deliver(self, claimed: Sequence[Job]) -> None:
+        """Send committed claims to their miners (in the background)."""
+
+
 SETTINGS: web.AppKey[Settings] = web.AppKey("ait_settings")
 DATABASE: web.AppKey[Database] = web.AppKey("ait_database")  # engines + group-commit writer
 JOB_BUS: web.AppKey[JobBus] = web.AppKey("ait_job_bus")
 MINER_REGISTRY: web.AppKey[MinerRegistryProtocol] = web.AppKey("ait_miner_registry")
+ADMISSION_DISPATCH: web.AppKey[AdmissionDispatchProtocol] = web.AppKey("ait_admission_dispatch")
 COORDINATOR_KEY: web.AppKey[Ed25519PrivateKey] = web.AppKey("ait_coordinator_key")
 METRICS: web.AppKey[Metrics] = web.AppKey("ait_metrics")

@@ -19,7 +19,7 @@ from coordinator.api.common import (
     read_multipart,
 )
 from coordinator.api.validate import Fields, query_date_ms, query_int
-from coordinator.appkeys import METRICS, MINER_REGISTRY
+from coordinator.appkeys import ADMISSION_DISPATCH, METRICS, MINER_REGISTRY
 from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
 from coordinator.errors import BadRequest, ValidationFailed
 from coordinator.service import jobs as job_service
@@ -162,16 +162,25 @@ async def submit(request: web.Request) -> web.Response:
     else:
         data, upload = await read_json_object(request), None
     req = parse_job_request(core, data, upload is not None)
-    job = await job_service.submit(core, _registry(request), key, req, upload)
+    job = await job_service.submit(
+        core, _registry(request), key, req, upload, request.app.get(ADMISSION_DISPATCH)
+    )
     request.app[METRICS].jobs_submitted[job.chain_id] += 1
     return json_response(_accepted(request, job, queue_reason(request, job)), status=201)
 
 
+# A job a free miner took in the commit that admitted it (docs/api.md, "Submit").
+TAKEN_AT_ADMISSION = "a miner with a free slot took it as it was accepted"
+
+
 def _accepted(request: web.Request, job: Job, reason: str | None) -> dict[str, Any]:
-    """The answer to a submit: the job as accepted (queued, with its estimate)."""
+    """The answer to a submit: the job as accepted (queued, with its estimate). One that a
+    free miner took in the same commit is running by now; its reason says so."""
+    if job.status == JobStatus.RUNNING:
+        reason = TAKEN_AT_ADMISSION
     return {
         "job_id": job.job_id,
-        "status": job.status.value,
+        "status": JobStatus.QUEUED.value,
         "estimated_cost": uait_to_ait(job.estimated_cost_uait),
         "estimated_time_seconds": job.estimated_time_seconds,
         "chain_id": job.chain_id,
@@ -187,7 +196,9 @@ async def submit_batch(request: web.Request) -> web.Response:
     key = client_caller(request)
     core = Core.of(request.app)
     reqs = parse_batch(core, await read_json_object(request))
-    jobs = await job_service.submit_batch(core, _registry(request), key, reqs)
+    jobs = await job_service.submit_batch(
+        core, _registry(request), key, reqs, request.app.get(ADMISSION_DISPATCH)
+    )
     submitted = request.app[METRICS].jobs_submitted
     for job in jobs:
         submitted[job.chain_id] += 1

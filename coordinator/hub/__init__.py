@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from coordinator.appkeys import MINER_REGISTRY
+from coordinator.appkeys import ADMISSION_DISPATCH, MINER_REGISTRY
+from coordinator.hub.admission import AdmissionDispatch
 from coordinator.hub.dispatcher import Hub, hub_tasks
 from coordinator.hub.registry import MAX_REMEMBERED, MinerConn, MinerRegistry
 from coordinator.hub.ws import miner_ws
@@ -48,6 +49,7 @@ def setup_hub(app: web.Application) -> None:
     hub = Hub(app, registry)
     app[MINER_REGISTRY] = registry
     app[HUB] = hub
+    app[ADMISSION_DISPATCH] = AdmissionDispatch(hub)
     app.router.add_get("/v1/miners/ws", miner_ws)
 
     async def run_hub(app: web.Application) -> AsyncIterator[None]:

@@ -21,14 +21,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from coordinator.domain.jobs import JobStatus, QueuedJob
+from coordinator.domain.jobs import Job, JobStatus, QueuedJob
 from coordinator.domain.matching import JobDemand, MinerSnapshot, over_escrow, plan
 from coordinator.hub.registry import MinerConn, MinerRegistry, demand_of
 from coordinator.service import lifecycle
 from coordinator.service.core import Core
 from coordinator.service.dispatch import assignment
 from coordinator.service.lifecycle import Change, MinerIdentity
-from protocol.messages import Cancel
+from protocol.messages import Cancel, ModelOffer
 from protocol.timefmt import now_ms
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class Hub:
         self.app = app
         self.registry = registry
         self.parsed_queue: lifecycle.QueuedCache = {}
+        # The last planning round that read the queue left jobs in it: submits then leave
+        # free slots to the dispatcher (admission.py) instead of planning for nothing.
+        self.backlog = False
 
     @property
     def core(self) -> Core:
@@ -83,20 +86,21 @@ class Hub:
             scan = QUEUE_SCAN  # the head holds jobs these miners cannot run: look further
             jobs, pairs = await self._plan(core, snapshots, scan)
         if not jobs:
+            self.backlog = False
             return False
         by_id = {j.job_id: j for j in jobs}
         # Claim the whole plan at once: the claims share one group commit instead of
         # waiting for a commit each (docs/benchmarks.md: serial claims capped dispatch).
         claims = []
-        reserved: dict[str, int] = {}
         for job_id, miner_id in pairs:
             conn = self.registry.get(miner_id)
-            if conn is None or conn.free_slots - reserved.get(miner_id, 0) <= 0:
+            if conn is None or conn.free_slots <= 0:
                 continue
-            reserved[miner_id] = reserved.get(miner_id, 0) + 1
+            conn.reserved += 1  # given back by _assign, whatever the claim's outcome
             claims.append(self._assign(core, conn, by_id[job_id]))
         outcomes = await asyncio.gather(*claims)
         assigned = outcomes.count(ASSIGNED)
+        self.backlog = assigned < len(jobs) or len(jobs) == scan
         return (assigned > 0 and len(jobs) == scan) or LOST in outcomes
 
     async def _plan(
@@ -134,26 +138,36 @@ class Hub:
         job_id = job.job_id
         offer = conn.advert.offer(job.model)
         if offer is None:
+            conn.reserved -= 1
             return SKIPPED
         identity = MinerIdentity(conn.miner_id, conn.address, conn.public_key)
-        claimed = await lifecycle.claim_job(
-            core, job_id, identity, offer.price_uait_per_unit, offer.unit
-        )
+        try:
+            claimed = await lifecycle.claim_job(
+                core, job_id, identity, offer.price_uait_per_unit, offer.unit
+            )
+        finally:
+            conn.reserved -= 1
         if claimed is None:
             # Taken by another process, cancelled, past its deadline, or the client's
             # balance went to another claim: the next round plans with fresh balances.
             return LOST
+        return ASSIGNED if await self.deliver(core, conn, claimed, offer) else SKIPPED
+
+    async def deliver(self, core: Core, conn: MinerConn, claimed: Job, offer: ModelOffer) -> bool:
+        """Send a committed claim to its miner; False when the miner went away meanwhile
+        (the job is given back to the queue)."""
+        job_id = claimed.job_id
         conn.running.add(job_id)
         msg = await assignment(core, claimed, offer)
         if not await conn.send(msg):
             conn.running.discard(job_id)
             await lifecycle.release_job(core, job_id, conn.miner_id, "miner went away")
-            return SKIPPED
+            return False
         log.info(
             "job assigned",
             extra={"job_id": job_id, "miner_id": conn.miner_id, "attempt": claimed.attempts},
         )
-        return ASSIGNED
+        return True
 
     # -- reaper -----------------------------------------------------------------------
     async def reap_forever(self) -> None:

@@ -63,6 +63,9 @@ class MinerConn:
     writable: Callable[[], bool] = lambda: True  # False while sent frames pile up unread
     connected_ms: int = field(default_factory=now_ms)
     running: set[str] = field(default_factory=set)
+    # Slots promised to claims not yet committed (the dispatcher's and those made at
+    # admission): two planners must not fill one slot twice.
+    reserved: int = 0
     draining: bool = False
     resumed: bool = False  # no assignments until the miner said what it still runs
     utilisation: int = 0
@@ -71,7 +74,7 @@ class MinerConn:
     def free_slots(self) -> int:
         if self.draining or not self.resumed:
             return 0
-        return max(0, self.advert.max_concurrency - len(self.running))
+        return max(0, self.advert.max_concurrency - len(self.running) - self.reserved)
 
     def snapshot(self) -> MinerSnapshot:
         return MinerSnapshot(self.miner_id, self.advert.gpus, self.advert.models, self.free_slots)

@@ -13,15 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chain import store as ledger_store
 from chain.ledger import Result
-from coordinator.appkeys import MinerRegistryProtocol
+from coordinator.appkeys import AdmissionDispatchProtocol, MinerRegistryProtocol
 from coordinator.db import schema
 from coordinator.db.database import Database
 from coordinator.domain import pricing
 from coordinator.domain.jobs import UNITS_BY_UNIT, Job, JobStatus, Priority, Requirements
 from coordinator.errors import Conflict, InsufficientFunds, NotFound, ValidationFailed
 from coordinator.service.core import Core
+from coordinator.service.jobstate import status_event
 from coordinator.service.keys import ApiKey
-from coordinator.service.lifecycle import Outcome, end_job
+from coordinator.service.lifecycle import ClaimRequest, Outcome, end_job, lease_at_admission
 from coordinator.service.records import (
     JOB_COLUMNS,
     SUMMARY_COLUMNS,
@@ -92,32 +93,47 @@ async def submit(
     key: ApiKey,
     req: JobRequest,
     upload: FileUpload | None = None,
+    dispatch: AdmissionDispatchProtocol | None = None,
 ) -> Job:
-    """Accept a job: price it, insert it and hold its estimate in escrow, in one commit."""
+    """Accept a job: price it, insert it and hold its estimate in escrow, in one commit
+    (with `dispatch`, claimed by a free miner in that commit when the queue is empty).
+    Answers the job as inserted: queued, or running when a miner claimed it."""
     job, file_row = await _priced_job(core, registry, key, req, upload)
     if req.fail_if_unmatched:
         reason = _never_matches(registry, job)
         if reason is not None:
             detail = f"no miner could run this job: {reason}"
             raise ValidationFailed([("model", reason)], detail=detail)
-    available_uait = await core.db.write_coalesced(admit_many, Admission(job, file_row))
-    if available_uait is not None:
-        raise _insufficient(
-            job.chain_id, job.client_address, job.estimated_cost_uait, available_uait
+    claims = _reserve(core, dispatch, [job])
+    try:
+        answer = await core.db.write_coalesced(
+            admit_many, Admission(job, file_row, claims.get(job.job_id))
         )
-    _announce(core, [job])
-    return job
+    except BaseException:
+        _release(dispatch, claims)
+        raise
+    if isinstance(answer, int):
+        _release(dispatch, claims)
+        raise _insufficient(job.chain_id, job.client_address, job.estimated_cost_uait, answer)
+    _announce(core, dispatch, [job], [answer])
+    return answer
 
 
 MAX_BATCH_JOBS = 100
 
 
 async def submit_batch(
-    core: Core, registry: MinerRegistryProtocol | None, key: ApiKey, reqs: Sequence[JobRequest]
+    core: Core,
+    registry: MinerRegistryProtocol | None,
+    key: ApiKey,
+    reqs: Sequence[JobRequest],
+    dispatch: AdmissionDispatchProtocol | None = None,
 ) -> list[Job]:
     """Accept every job or none: all are priced, then inserted with their escrow holds in
     one write; if the holds of one chain exceed the available balance nothing is written
-    (402). A job with `fail_if_unmatched` that no miner could run refuses the batch (422)."""
+    (402). A job with `fail_if_unmatched` that no miner could run refuses the batch (422).
+    With `dispatch`, jobs free miners can take are claimed in that write when the queue is
+    empty. Answers the jobs as inserted, in order."""
     priced = [await _priced_job(core, registry, key, req, None) for req in reqs]
     unmatched = [
         (f"jobs.{index}.model", reason)
@@ -126,7 +142,9 @@ async def submit_batch(
     ]
     if unmatched:
         raise ValidationFailed(unmatched, detail=f"no miner could run {len(unmatched)} of the jobs")
-    admissions = [Admission(job, None) for job, _ in priced]
+    claims = _reserve(core, dispatch, [job for job, _ in priced])
+    admissions = [Admission(job, None, claims.get(job.job_id)) for job, _ in priced]
+    placed: list[Job] = []
 
     wanted: dict[str, int] = {}  # chain -> the batch's holds on it
     for admission in admissions:
@@ -145,19 +163,53 @@ async def submit_batch(
                     what="the batch's estimated cost",
                 )
         answers = await admit_many(conn, admissions)
-        if any(answer is not None for answer in answers):  # the check above rules it out
+        jobs_placed = [answer for answer in answers if isinstance(answer, Job)]
+        if len(jobs_placed) != len(answers):  # the check above rules it out
             raise RuntimeError("a batch hold was refused after its balance check")
+        placed[:] = jobs_placed  # the writer may run this again alone: the last run counts
 
-    await core.db.write(admit_all)
-    _announce(core, [job for job, _ in priced])
-    return [job for job, _ in priced]
+    try:
+        await core.db.write(admit_all)
+    except BaseException:
+        _release(dispatch, claims)
+        raise
+    _announce(core, dispatch, [job for job, _ in priced], placed)
+    return placed
 
 
-def _announce(core: Core, admitted: Sequence[Job]) -> None:
-    """Tell event streams and the dispatcher about newly queued jobs."""
-    for job in admitted:
+def _reserve(
+    core: Core, dispatch: AdmissionDispatchProtocol | None, admitted: Sequence[Job]
+) -> dict[str, ClaimRequest]:
+    if dispatch is None:
+        return {}
+    return dispatch.reserve(admitted, int(core.settings.lease_seconds * 1000))
+
+
+def _release(dispatch: AdmissionDispatchProtocol | None, claims: Mapping[str, Any]) -> None:
+    if dispatch is not None and claims:
+        dispatch.release(claims)
+
+
+def _announce(
+    core: Core,
+    dispatch: AdmissionDispatchProtocol | None,
+    accepted: Sequence[Job],
+    placed: Sequence[Job],
+) -> None:
+    """Tell event streams about newly accepted jobs (queued, then running for those a miner
+    claimed as they were admitted), hand those claims to the hub to send, and wake the
+    dispatcher for the rest."""
+    claimed = [job for job in placed if job.status == JobStatus.RUNNING]
+    for job in accepted:
         core.bus.publish(job.job_id, {"type": "status", "status": "queued", "progress": 0}, job=job)
-    core.bus.wake()
+    for job in claimed:
+        core.bus.publish(job.job_id, status_event(job), job=job)
+    if dispatch is not None:
+        dispatch.release(job.job_id for job in placed if job.status != JobStatus.RUNNING)
+        if claimed:
+            dispatch.deliver(claimed)
+    if len(claimed) < len(placed):
+        core.bus.wake()
 
 
 def _insufficient(
@@ -253,17 +305,28 @@ async def _priced_job(
 
 @dataclass(frozen=True)
 class Admission:
-    """A priced job to insert with its escrow hold (and its uploaded input, if any)."""
+    """A priced job to insert with its escrow hold (and its uploaded input, if any), and
+    the claim of a free miner reserved for it, if any."""
 
     job: Job
     file_row: dict[str, Any] | None
+    claim: ClaimRequest | None = None
 
 
-async def admit_many(conn: AsyncConnection, admissions: Sequence[Admission]) -> list[int | None]:
+# Any job queued, another process's included: jobs admitted then wait their turn.
+_ANY_QUEUED = select(jobs.c.job_id).where(jobs.c.status == JobStatus.QUEUED.value).limit(1)
+
+
+async def admit_many(conn: AsyncConnection, admissions: Sequence[Admission]) -> list[Job | int]:
     """Hold each job's estimate and insert the jobs whose hold was made, with one statement
-    per table for all of them (submits that arrive together). Per admission: None when
-    admitted, else the client's available balance, which could not cover the estimate
-    (nothing of that job is written)."""
+    per table for all of them (submits that arrive together). Per admission: the job as
+    inserted, else the client's available balance, which could not cover the estimate
+    (nothing of that job is written).
+
+    A job with a reserved claim is inserted already leased to that miner (running, one
+    attempt) when no job was queued before these and the miner's price needs no escrow
+    top-up: one commit from submit to dispatch instead of two (docs/architecture.md,
+    "Dispatch at admission"); otherwise it is inserted queued for the dispatcher."""
     now = now_ms()
     holds = [
         ledger_store.HoldRequest(
@@ -272,24 +335,48 @@ async def admit_many(conn: AsyncConnection, admissions: Sequence[Admission]) -> 
         for a in admissions
     ]
     results = await ledger_store.hold_many(conn, holds, now)
-    answers: list[int | None] = []
-    admitted = []
+    made = zip(admissions, results, strict=True)
+    admitted = [a for a, result in made if result == Result.CREATED]
+    claiming = any(a.claim is not None for a in admitted)
+    if claiming and (await conn.execute(_ANY_QUEUED)).first() is not None:
+        claiming = False
+    placed = _placed(admitted, now) if claiming else {a.job.job_id: a.job for a in admitted}
+    answers: list[Job | int] = []
     for admission, result in zip(admissions, results, strict=True):
         job = admission.job
         if result == Result.EXCEEDS_AVAILABLE:
             bal = await ledger_store.balance(conn, job.chain_id, job.client_address)
             answers.append(bal.available_uait)
         elif result == Result.CREATED:
-            answers.append(None)
-            admitted.append(admission)
+            answers.append(placed[job.job_id])
         else:
             raise RuntimeError(f"hold for {job.job_id} answered {result}")
     files = [a.file_row for a in admitted if a.file_row is not None]
     if files:
         await conn.execute(_INSERT_FILE, files)
-    if admitted:
-        await conn.execute(_INSERT_JOB, [_row_of(a.job) for a in admitted])
+    if placed:
+        await conn.execute(_INSERT_JOB, [_row_of(job) for job in placed.values()])
     return answers
+
+
+def _placed(admitted: Sequence[Admission], now: int) -> dict[str, Job]:
+    """Each job as inserted, by id: leased to its reserved miner when that needs no
+    top-up, taken in queue order (priority, then age) up to the first that stays queued.
+    Later ones stay queued too, so a job leased here never passes one queued beside it
+    (submits coalesced into one commit, planned against slots that freed in between)."""
+    placed: dict[str, Job] = {}
+    blocked = False
+    for admission in sorted(admitted, key=lambda a: _queue_order(a.job)):
+        job, claim = admission.job, admission.claim
+        leased = None if blocked or claim is None else lease_at_admission(job, claim, now)
+        blocked = leased is None
+        placed[job.job_id] = leased or job
+    return placed
+
+
+def _queue_order(job: Job) -> tuple[int, int, str]:
+    """The dispatcher's order (`list_queued`): high priority first, then oldest first."""
+    return (-job.priority.rank, job.created_at_ms, job.job_id)
 
 
 async def _file_info(conn: AsyncConnection, file_id: str, owner: str) -> tuple[int, str]:
@@ -328,7 +415,11 @@ def _row_of(job: Job) -> dict[str, Any]:
         "estimated_units": job.estimated_units,
         "estimated_time_seconds": job.estimated_time_seconds,
         "progress": 0,
-        "attempts": 0,
+        "attempts": job.attempts,
+        "miner_id": job.miner_id,  # these four are set when a miner claims it at admission
+        "miner_address": job.miner_address,
+        "lease_expires_at_ms": job.lease_expires_at_ms,
+        "started_at_ms": job.started_at_ms,
         "created_at_ms": job.created_at_ms,
         "updated_at_ms": job.updated_at_ms,
         "extra": dumps(dict(job.extra)),

@@ -12,7 +12,7 @@ paid for a job twice.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,6 +63,7 @@ jobs = schema.jobs
 
 __all__ = [
     "Change",
+    "ClaimRequest",
     "MinerIdentity",
     "Outcome",
     "available_balances",
@@ -73,6 +74,7 @@ __all__ = [
     "fail_job",
     "get_job",
     "job_input",
+    "lease_at_admission",
     "list_queued",
     "list_registered_miners",
     "record_progress",
@@ -281,37 +283,70 @@ async def _lease(conn: AsyncConnection, job: Job, request: ClaimRequest, now: in
     held), or None: past its deadline, or the client cannot fund this miner."""
     if job.deadline_ms <= now:
         return None
-    price, unit = request.price_uait_per_unit, request.unit
-    attempt = job.attempts + 1
-    extra = {**job.extra, "price_uait_per_unit": price, "unit": unit}
-    estimated_cost, estimated_units = job.estimated_cost_uait, job.estimated_units
-    units = job.units_in(unit)
-    cost = price * units
+    cost, units = _claim_cost(job, request)
+    if cost <= job.estimated_cost_uait:
+        return _leased(job, request, now)
+    top_up = cost - job.estimated_cost_uait
+    result = await ledger_store.top_up(conn, job.job_id, job.attempts + 1, top_up, now)
+    if result == Result.EXCEEDS_AVAILABLE:
+        return None
+    if not result.ok:
+        raise RuntimeError(f"escrow top-up for {job.job_id} answered {result}")
+    estimate = {
+        "estimate_unit": request.unit,
+        "estimate_price_uait_per_unit": request.price_uait_per_unit,
+    }
+    return _leased(job, request, now, cost, units, estimate)
+
+
+def lease_at_admission(job: Job, request: ClaimRequest, now: int) -> Job | None:
+    """The job just admitted as `request` claims it in the same commit, or None when the
+    claim would need an escrow top-up (the dispatcher claims it then, with the client's
+    balance in view) or the job is already past its deadline."""
+    if job.deadline_ms <= now or _claim_cost(job, request)[0] > job.estimated_cost_uait:
+        return None
+    return _leased(job, request, now)
+
+
+def _claim_cost(job: Job, request: ClaimRequest) -> tuple[int, int]:
+    """What the job would cost at this miner's price (capped by max_price), and its units."""
+    units = job.units_in(request.unit)
+    cost = request.price_uait_per_unit * units
     if job.max_price_uait is not None:
         cost = min(cost, job.max_price_uait)
-    if cost > job.estimated_cost_uait:
-        top_up = cost - job.estimated_cost_uait
-        result = await ledger_store.top_up(conn, job.job_id, attempt, top_up, now)
-        if result == Result.EXCEEDS_AVAILABLE:
-            return None
-        if not result.ok:
-            raise RuntimeError(f"escrow top-up for {job.job_id} answered {result}")
-        estimated_cost, estimated_units = cost, units
-        extra.update(estimate_unit=unit, estimate_price_uait_per_unit=price)
+    return cost, units
+
+
+def _leased(
+    job: Job,
+    request: ClaimRequest,
+    now: int,
+    estimated_cost: int | None = None,
+    estimated_units: int | None = None,
+    estimate: Mapping[str, Any] | None = None,
+) -> Job:
+    """The job leased to the request's miner: running, one attempt more, its price noted
+    (and the estimate it was topped up to, if it was)."""
+    extra = {
+        **job.extra,
+        "price_uait_per_unit": request.price_uait_per_unit,
+        "unit": request.unit,
+        **(estimate or {}),
+    }
     assert can_transition(job.status, JobStatus.RUNNING), job.status
     return job.evolve(
         status=JobStatus.RUNNING,
         miner_id=request.miner.miner_id,
         miner_address=request.miner.address,
-        attempts=attempt,
+        attempts=job.attempts + 1,
         lease_expires_at_ms=now + request.lease_ms,
         started_at_ms=job.started_at_ms or now,
         progress=0,
         progress_message=None,
         extra=extra,
         updated_at_ms=now,
-        estimated_cost_uait=estimated_cost,
-        estimated_units=estimated_units,
+        estimated_cost_uait=job.estimated_cost_uait if estimated_cost is None else estimated_cost,
+        estimated_units=job.estimated_units if estimated_units is None else estimated_units,
     )
 
 

@@ -1,0 +1,88 @@
+"""Dispatch at admission: free miners claim jobs in the commit that admits them.
+
+Through the dispatcher a job took two commits to reach a miner: its admission, then its
+claim after a planning round had read the queue back (docs/benchmarks.md, round 14). When
+nothing is queued, the submit itself plans the new jobs onto the free miners with the
+same scheduler, reserves those slots (`MinerConn.reserved`, which the dispatcher's
+claims use too, so no slot is promised twice) and the admission inserts the jobs already
+leased (`service.jobs.admit_many`, which keeps them queued when some job was queued
+before them or the miner would need an escrow top-up). After the commit the claims are
+sent as the dispatcher sends its own (`Hub.deliver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+
+from coordinator.domain.jobs import Job
+from coordinator.domain.matching import plan
+from coordinator.hub.dispatcher import Hub
+from coordinator.hub.registry import MinerConn, demand_of
+from coordinator.service.lifecycle import ClaimRequest, MinerIdentity
+from protocol.messages import ModelOffer
+
+log = logging.getLogger(__name__)
+
+
+class AdmissionDispatch:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._held: dict[str, tuple[MinerConn, ModelOffer]] = {}  # job id -> its claim's
+        self._sending: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
+
+    def reserve(self, jobs: Sequence[Job], lease_ms: int) -> dict[str, ClaimRequest]:
+        if self.hub.backlog or not jobs:
+            # Jobs wait in the queue: these would only queue behind them, and slots held
+            # for them meanwhile would shrink the dispatcher's rounds (docs/benchmarks.md,
+            # round 14). The admission's own check stays the rule; this only saves work.
+            return {}
+        free = [c for c in self.hub.registry.connections() if c.free_slots > 0 and c.writable()]
+        if not free:
+            return {}
+        by_miner = {c.miner_id: c for c in free}
+        by_job = {j.job_id: j for j in jobs}
+        claims: dict[str, ClaimRequest] = {}
+        for job_id, miner_id in plan([demand_of(j) for j in jobs], [c.snapshot() for c in free]):
+            conn = by_miner[miner_id]
+            offer = conn.advert.offer(by_job[job_id].model)
+            if offer is None or job_id in self._held:
+                continue
+            conn.reserved += 1
+            self._held[job_id] = (conn, offer)
+            identity = MinerIdentity(conn.miner_id, conn.address, conn.public_key)
+            claims[job_id] = ClaimRequest(
+                job_id, identity, offer.price_uait_per_unit, offer.unit, lease_ms
+            )
+        return claims
+
+    def release(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            held = self._held.pop(job_id, None)
+            if held is not None:
+                held[0].reserved -= 1
+
+    def deliver(self, claimed: Sequence[Job]) -> None:
+        sends = []
+        for job in claimed:
+            held = self._held.pop(job.job_id, None)
+            if held is not None:
+                conn = held[0]
+                conn.reserved -= 1  # the slot passes to `running` at once, as a claim's does
+                conn.running.add(job.job_id)
+                sends.append((held, job))
+        if sends:
+            task = asyncio.get_running_loop().create_task(self._send(sends))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, sends: list[tuple[tuple[MinerConn, ModelOffer], Job]]) -> None:
+        hub = self.hub
+        core = hub.core
+        deliveries = [hub.deliver(core, conn, job, offer) for (conn, offer), job in sends]
+        outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+        for (_, job), outcome in zip(sends, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                # Leased but not sent: its lease runs out and the reaper queues it again.
+                log.error("sending job %s to its miner failed", job.job_id, exc_info=outcome)

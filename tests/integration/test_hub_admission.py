@@ -1,0 +1,161 @@
+"""Dispatch at admission, against a real coordinator (SQLite and PostgreSQL) and real miner
+daemons: with the queue empty, a submit's own commit leases its jobs to free miners, so
+they run with the dispatcher stopped; jobs beyond the free slots, and every job while
+another is queued, wait for the dispatcher. No slot is promised twice, and the ledger
+settles these jobs as it settles the dispatcher's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_hub_flow import Stack, StackFactory, stacks, until
+
+from coordinator.api.jobs import TAKEN_AT_ADMISSION
+from coordinator.hub.registry import MinerConn
+
+
+@pytest.fixture
+async def stack_factory(
+    coordinator_factory: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> AsyncIterator[StackFactory]:
+    async with stacks(coordinator_factory, tmp_path) as make:
+        yield make
+
+
+@pytest.fixture
+async def stack(stack_factory: StackFactory) -> Stack:
+    return await stack_factory()
+
+
+async def stop_dispatcher() -> None:
+    """Cancel the coordinator's dispatcher task (it runs in this test's loop): from here on
+    a job reaches a miner only if its admission leased it."""
+    [task] = [t for t in asyncio.all_tasks() if t.get_name() == "ait-dispatcher"]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def conn_of(stack: Stack, miner_id: str) -> MinerConn:
+    conn = stack.registry.get(miner_id)
+    assert conn is not None
+    return conn
+
+
+async def test_a_free_miner_takes_the_job_in_its_admission_commit(stack: Stack) -> None:
+    miner_key, miner_addr = await stack.key("miner")
+    d = await stack.daemon(miner_key)
+    client_key, client_addr = await stack.client(100)
+    await stop_dispatcher()
+
+    sub = await stack.submit(client_key, input={"hello": "world"})
+    assert sub["status"] == "queued"  # the answer is the job as accepted
+    assert sub["queue_reason"] == TAKEN_AT_ADMISSION
+    job = await stack.wait_status(client_key, sub["job_id"], "completed", within_s=10)
+    assert job["miner_id"] == d.miner_id and job["attempts"] == 1
+    assert job["result"] == {"hello": "world"}
+    cost = round(job["cost"] * 1e6)
+    after = await stack.balance(client_addr)
+    assert after["held"] == 0 and round((100 - after["available"]) * 1e6) == cost
+    fee = cost * 1000 // 10_000
+    assert round((await stack.balance(miner_addr))["available"] * 1e6) == cost - fee
+    assert conn_of(stack, d.miner_id).reserved == 0
+
+
+async def test_jobs_beyond_the_free_slots_stay_queued(stack: Stack) -> None:
+    miner_key, _ = await stack.key("miner")
+    d = await stack.daemon(miner_key, max_concurrency=2)
+    client_key, _ = await stack.client(100)
+    await stop_dispatcher()
+
+    body = {"jobs": [{"model": "echo", "input": {"n": n}} for n in range(5)]}
+    accepted = (await stack.call("POST", "/v1/jobs/batch", client_key, body, expect=201))["jobs"]
+    ids = [a["job_id"] for a in accepted]
+    assert [a["status"] for a in accepted] == ["queued"] * 5
+    reasons = [a["queue_reason"] for a in accepted]
+    assert reasons[:2] == [TAKEN_AT_ADMISSION] * 2
+    assert all(r and r != TAKEN_AT_ADMISSION for r in reasons[2:])
+    for job_id in ids[:2]:  # one batch: the oldest first (the scheduler's order)
+        await stack.wait_status(client_key, job_id, "completed", within_s=10)
+    later = [await stack.job(client_key, job_id) for job_id in ids[2:]]
+    assert [j["status"] for j in later] == ["queued"] * 3
+    assert all(j["attempts"] == 0 and j["miner_id"] is None for j in later)
+    conn = conn_of(stack, d.miner_id)
+    assert conn.reserved == 0 and not conn.running
+
+
+async def test_a_job_queued_before_keeps_later_ones_out_of_free_slots(stack: Stack) -> None:
+    miner_key, _ = await stack.key("miner")
+    d = await stack.daemon(miner_key)
+    client_key, _ = await stack.client(100)
+    await stop_dispatcher()
+    # No miner serves "nobody", so it stays queued: jobs admitted after it wait their turn.
+    waiting = await stack.submit(client_key, model="nobody", input="x")
+    sub = await stack.submit(client_key)
+    await asyncio.sleep(0.3)  # a lease made at admission would have reached the miner
+    assert sub["queue_reason"] != TAKEN_AT_ADMISSION
+    job = await stack.job(client_key, sub["job_id"])
+    assert job["status"] == "queued" and job["attempts"] == 0
+    assert (await stack.job(client_key, waiting["job_id"]))["status"] == "queued"
+    conn = conn_of(stack, d.miner_id)
+    assert conn.reserved == 0 and not conn.running
+
+
+async def test_admission_and_dispatcher_never_fill_one_slot_twice(stack: Stack) -> None:
+    miner_key, _ = await stack.key("miner")
+    d = await stack.daemon(miner_key, max_concurrency=3)
+    client_key, _ = await stack.client(1000)
+    conn = conn_of(stack, d.miner_id)
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, len(conn.running) + conn.reserved)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        subs = await asyncio.gather(
+            *(stack.submit(client_key, params={"delay_ms": 50}) for _ in range(30))
+        )
+        for sub in subs:
+            await stack.wait_status(client_key, sub["job_id"], "completed", within_s=30)
+    finally:
+        watcher.cancel()
+    assert 0 < most <= 3
+    await until(lambda: _idle(conn), 5, "slots given back")
+
+
+async def _idle(conn: MinerConn) -> bool:
+    return conn.reserved == 0 and not conn.running
+
+
+async def test_a_job_leased_at_admission_never_passes_one_queued_beside_it(stack: Stack) -> None:
+    miner_key, _ = await stack.key("miner")
+    await stack.daemon(miner_key)
+    client_key, _ = await stack.client(100)
+    await stop_dispatcher()
+
+    async def batch(*jobs: tuple[str, str]) -> list[dict[str, Any]]:
+        body = {"jobs": [{"model": m, "input": "x", "priority": p} for m, p in jobs]}
+        answer = await stack.call("POST", "/v1/jobs/batch", client_key, body, expect=201)
+        accepted: list[dict[str, Any]] = answer["jobs"]
+        return accepted
+
+    # The "nobody" job goes first in the queue's order and stays queued: the echo job
+    # behind it in the same commit waits too, though the miner is free.
+    nobody, echo = await batch(("nobody", "high"), ("echo", "normal"))
+    assert echo["queue_reason"] != TAKEN_AT_ADMISSION
+    assert (await stack.job(client_key, echo["job_id"]))["status"] == "queued"
+    for job in (nobody, echo):
+        await stack.call("DELETE", f"/v1/jobs/{job['job_id']}", client_key)
+
+    # Ahead of it in that order, the echo job is leased at once.
+    echo, nobody = await batch(("echo", "high"), ("nobody", "normal"))
+    assert echo["queue_reason"] == TAKEN_AT_ADMISSION
+    await stack.wait_status(client_key, echo["job_id"], "completed", within_s=10)
+    assert (await stack.job(client_key, nobody["job_id"]))["status"] == "queued"
