@@ -355,6 +355,25 @@ async def job_times(
     return out
 
 
+RECEIPT_SAMPLE = 1_000  # completed jobs whose receipts are read (after the load window)
+
+
+async def miner_start_ms(
+    session: aiohttp.ClientSession, url: str, jobs: list[dict[str, Any]]
+) -> dict[str, float | None]:
+    """p50/p99 of submit -> the miner's own start (its receipt's `started_at`, same host
+    clock), over an even sample of the completed jobs. `started_at` of the job is when it
+    was leased, inside the commit that leases it; this is when the miner had it."""
+    done = [j for j in jobs if j["status"] == "completed"]
+    step = max(1, len(done) // RECEIPT_SAMPLE)
+    waits: list[float] = []
+    for job in done[::step]:
+        async with session.get(f"{url}/v1/jobs/{job['job_id']}/receipt") as response:
+            receipt = (await response.json())["receipt"]
+        waits.append(parse_iso_ms(receipt["started_at"]) - parse_iso_ms(job["created_at"]))
+    return {"p50": percentile(waits, 0.5), "p99": percentile(waits, 0.99)}
+
+
 def summarize(jobs: list[dict[str, Any]], window: tuple[float, float]) -> dict[str, Any]:
     dispatch, complete, in_window = [], [], 0
     statuses: dict[str, int] = {}
@@ -426,7 +445,9 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         load_after = load_average()
         listed = await collect(session, cluster.url, len(load.job_ids), args.drain_seconds)
         jobs = await job_times(session, cluster.url, listed)
+        to_miner = await miner_start_ms(session, cluster.url, jobs)
     report = summarize(jobs, (start, end))
+    report["submit_to_miner_start_ms"] = to_miner
     settled = max(1.0, report["settled_jobs_per_s"] * (end - start))
     coordinator_cpu_s = after["cpu_s"] - before["cpu_s"]
     commits = grown(metrics_before, metrics_after, "ait_db_commits_total")

@@ -36,6 +36,7 @@ def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     # Every request carries a whole batch, in the open loop too (it once sent batches of 1).
     assert report["jobs_per_request"] == (10.0 if "--batch" in mode else 1.0)
     assert report["submit_to_dispatch_ms"]["p99"] is not None
+    assert report["submit_to_miner_start_ms"]["p99"] is not None  # read off the receipts
     # The accounting the docs rely on is there (values are not checked: no timing tests).
     assert set(report["cpu_ms_per_settled_job"]) == {"coordinator", "miners", "load_generator"}
     assert report["coordinator"]["group_commits"] > 0
