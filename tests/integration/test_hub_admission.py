@@ -12,23 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_hub_flow import Stack, StackFactory, stacks, until
+from test_hub_flow import Stack, stacks, until
 
 from coordinator.api.jobs import TAKEN_AT_ADMISSION
 from coordinator.hub.registry import MinerConn
 
 
 @pytest.fixture
-async def stack_factory(
+async def stack(
     coordinator_factory: Callable[..., Awaitable[Any]], tmp_path: Path
-) -> AsyncIterator[StackFactory]:
+) -> AsyncIterator[Stack]:
+    """One stack (SQLite and PostgreSQL), its daemons stopped at the end."""
     async with stacks(coordinator_factory, tmp_path) as make:
-        yield make
-
-
-@pytest.fixture
-async def stack(stack_factory: StackFactory) -> Stack:
-    return await stack_factory()
+        yield await make()
 
 
 async def stop_dispatcher() -> None:
