@@ -255,8 +255,9 @@ async def test_short_cut_resumes_the_same_lease(stack: Stack) -> None:
         proxy.cut()
         await until(lambda: _sessions(a, 2), 10, "the miner to reconnect")
         job = await stack.wait_status(client_key, sub["job_id"], "completed", within_s=15)
+        # The ack goes through the proxy: wait for it before the proxy closes.
+        await until(lambda: _acked(a), 5, "the miner to get its ack")
     assert job["attempts"] == 1 and job["miner_id"] == a.miner_id
-    await until(lambda: _acked(a), 5, "the miner to get its ack")
     assert a.completed == [sub["job_id"]]
     cost = round(job["cost"] * 1e6)
     assert await _micro(stack, addr_a) == cost - cost // 10
@@ -280,7 +281,7 @@ async def test_result_finished_during_a_cut_is_delivered_once(
         assert (await stack.job(client_key, sub["job_id"]))["status"] == "running"
         proxy.down = False
         job = await stack.wait_status(client_key, sub["job_id"], "completed", within_s=15)
-    await until(lambda: _acked(a), 5, "the miner to get its ack")
+        await until(lambda: _acked(a), 5, "the miner to get its ack")  # through the proxy
     assert job["attempts"] == 1 and a.completed == [sub["job_id"]]
     cost = round(job["cost"] * 1e6)
     assert await _micro(stack, addr_a) == cost - cost // 10
