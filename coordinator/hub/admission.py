@@ -38,7 +38,7 @@ class AdmissionDispatch:
             # for them meanwhile would shrink the dispatcher's rounds (docs/benchmarks.md,
             # round 14). The admission's own check stays the rule; this only saves work.
             return {}
-        free = [c for c in self.hub.registry.connections() if c.free_slots > 0 and c.writable()]
+        free = self.hub.free_connections()
         if not free:
             return {}
         by_miner = {c.miner_id: c for c in free}
@@ -47,7 +47,7 @@ class AdmissionDispatch:
         for job_id, miner_id in plan([demand_of(j) for j in jobs], [c.snapshot() for c in free]):
             conn = by_miner[miner_id]
             offer = conn.advert.offer(by_job[job_id].model)
-            if offer is None or job_id in self._held:
+            if offer is None:  # plan() pairs only miners that serve the model
                 continue
             conn.reserved += 1
             self._held[job_id] = (conn, offer)

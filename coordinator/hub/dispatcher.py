@@ -75,7 +75,7 @@ class Hub:
     async def dispatch_once(self, core: Core) -> bool:
         """One planning round; True when another round may place more: the scan was full,
         or a claim was lost to another coordinator process (its miner is still free)."""
-        free = [c for c in self.registry.connections() if c.free_slots > 0 and c.writable()]
+        free = self.free_connections()
         if not free:
             return False
         snapshots = [c.snapshot() for c in free]
@@ -102,6 +102,11 @@ class Hub:
         assigned = outcomes.count(ASSIGNED)
         self.backlog = assigned < len(jobs) or len(jobs) == scan
         return (assigned > 0 and len(jobs) == scan) or LOST in outcomes
+
+    def free_connections(self) -> list[MinerConn]:
+        """Miners that can take a job now: a slot neither running nor promised, and a
+        socket that keeps up with what it is sent."""
+        return [c for c in self.registry.connections() if c.free_slots > 0 and c.writable()]
 
     async def _plan(
         self, core: Core, miners: list[MinerSnapshot], scan: int

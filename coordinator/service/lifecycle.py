@@ -12,7 +12,7 @@ paid for a job twice.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -292,11 +292,7 @@ async def _lease(conn: AsyncConnection, job: Job, request: ClaimRequest, now: in
         return None
     if not result.ok:
         raise RuntimeError(f"escrow top-up for {job.job_id} answered {result}")
-    estimate = {
-        "estimate_unit": request.unit,
-        "estimate_price_uait_per_unit": request.price_uait_per_unit,
-    }
-    return _leased(job, request, now, cost, units, estimate)
+    return _leased(job, request, now, topped_up=(cost, units))
 
 
 def lease_at_admission(job: Job, request: ClaimRequest, now: int) -> Job | None:
@@ -318,21 +314,16 @@ def _claim_cost(job: Job, request: ClaimRequest) -> tuple[int, int]:
 
 
 def _leased(
-    job: Job,
-    request: ClaimRequest,
-    now: int,
-    estimated_cost: int | None = None,
-    estimated_units: int | None = None,
-    estimate: Mapping[str, Any] | None = None,
+    job: Job, request: ClaimRequest, now: int, topped_up: tuple[int, int] | None = None
 ) -> Job:
-    """The job leased to the request's miner: running, one attempt more, its price noted
-    (and the estimate it was topped up to, if it was)."""
-    extra = {
-        **job.extra,
-        "price_uait_per_unit": request.price_uait_per_unit,
-        "unit": request.unit,
-        **(estimate or {}),
-    }
+    """The job leased to the request's miner: running, one attempt more, its price noted;
+    with `topped_up` (cost, units), the estimate its escrow was topped up to at that price."""
+    price, unit = request.price_uait_per_unit, request.unit
+    extra = {**job.extra, "price_uait_per_unit": price, "unit": unit}
+    estimated_cost, estimated_units = job.estimated_cost_uait, job.estimated_units
+    if topped_up is not None:
+        estimated_cost, estimated_units = topped_up
+        extra.update(estimate_unit=unit, estimate_price_uait_per_unit=price)
     assert can_transition(job.status, JobStatus.RUNNING), job.status
     return job.evolve(
         status=JobStatus.RUNNING,
@@ -345,8 +336,8 @@ def _leased(
         progress_message=None,
         extra=extra,
         updated_at_ms=now,
-        estimated_cost_uait=job.estimated_cost_uait if estimated_cost is None else estimated_cost,
-        estimated_units=job.estimated_units if estimated_units is None else estimated_units,
+        estimated_cost_uait=estimated_cost,
+        estimated_units=estimated_units,
     )
 
 
