@@ -24,6 +24,7 @@ from chain import store as ledger_store
 from chain.ledger import Result
 from chain.store import padded
 from coordinator.db import schema
+from coordinator.db.planner import no_index
 from coordinator.domain.jobs import (
     TERMINAL,
     Job,
@@ -68,6 +69,7 @@ __all__ = [
     "Outcome",
     "available_balances",
     "claim_job",
+    "claimable_rows",
     "complete_job",
     "end_job",
     "expire_leases",
@@ -142,18 +144,23 @@ def _queued_job(row: Any) -> QueuedJob:
     )
 
 
-# Per number of job ids (`padded`), built once: each claim batch runs one.
+# Per number of job ids (`padded`) and dialect, built once: each claim batch runs one.
 @functools.cache
-def _claimable(count: int, skip_locked: bool) -> Any:
+def claimable_rows(count: int, postgresql: bool) -> Any:
+    """The claim's read: the rows of `count` job ids (binds c0..), those still queued."""
+    # The ids find the rows through the primary key. SQLite's planner, which keeps no
+    # statistics here, preferred ix_jobs_queue for the status term and walked every queued
+    # job to find these few: a claim round cost O(backlog) (docs/benchmarks.md, round 15).
+    status = jobs.c.status if postgresql else no_index(jobs.c.status)
     query = (
         select(*JOB_COLUMNS)
         .where(
-            jobs.c.job_id.in_([bindparam(f"c{i}") for i in range(count)]),
-            jobs.c.status == JobStatus.QUEUED.value,
+            jobs.c.job_id.in_([bindparam(f"c{i}", type_=jobs.c.job_id.type) for i in range(count)]),
+            status == JobStatus.QUEUED.value,
         )
         .order_by(jobs.c.job_id)
     )
-    return query.with_for_update(skip_locked=True) if skip_locked else query
+    return query.with_for_update(skip_locked=True) if postgresql else query
 
 
 _CLAIM_COLUMNS = (
@@ -261,7 +268,7 @@ async def claim_many(conn: AsyncConnection, requests: Sequence[ClaimRequest]) ->
     ids = padded(sorted({r.job_id for r in requests if "\x00" not in r.job_id}))
     queued: dict[str, Job] = {}
     if ids:
-        query = _claimable(len(ids), conn.dialect.name == "postgresql")
+        query = claimable_rows(len(ids), conn.dialect.name == "postgresql")
         rows = await conn.execute(query, {f"c{i}": job_id for i, job_id in enumerate(ids)})
         queued = {job.job_id: job for job in map(job_from_row, rows)}
     now = now_ms()

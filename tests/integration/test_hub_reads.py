@@ -1,0 +1,71 @@
+"""A claim round reads the jobs it claims by their ids, whatever the queue holds (SQLite
+and PostgreSQL).
+
+SQLite keeps no statistics for this schema, so its planner judges `status = 'queued'` on a
+status index as selective as a list of ids on the primary key. A claim round took
+ix_jobs_queue and walked every queued job to find the few it claimed (18 ms a round with
+100,000 queued, 0.3 ms by key), on the event loop (docs/benchmarks.md, round 15)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ait_harness import query_plan
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.db.database import Database
+from coordinator.db.schema import jobs
+from coordinator.domain.jobs import JobStatus
+from coordinator.service.lifecycle import claimable_rows
+
+STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED)
+
+
+def _job(index: int) -> dict[str, Any]:
+    return {
+        "job_id": f"job_{index:04d}",
+        "client_address": "ait1" + "a" * 40,
+        "key_id": "key_x",
+        "chain_id": "ait-devnet",
+        "model": "gpt2",
+        "status": STATUSES[index % 3].value,
+        "priority": 1,
+        "requirements": "{}",
+        "params": "{}",
+        "output_config": "{}",
+        "input_json": '"hi"',
+        "input_sha256": "0" * 64,
+        "input_bytes": 4,
+        "timeout_seconds": 60,
+        "deadline_ms": 10**13,
+        "estimated_cost_uait": 1,
+        "estimated_units": 1,
+        "estimated_time_seconds": 1,
+        "created_at_ms": 1_000 + index,
+        "updated_at_ms": 1_000 + index,
+    }
+
+
+ROWS = [_job(i) for i in range(300)]
+# As many as a claim round takes under load (70-100): with a handful of ids SQLite's
+# planner took the key anyway, and the status index only above some ten.
+WANTED = [f"job_{i:04d}" for i in range(0, 300, 4)] + ["job_9999"]  # 75 known, 1 not
+
+
+async def test_a_claim_reads_its_jobs_by_id_not_through_the_queue(db: Database) -> None:
+    postgresql = db.dialect == "postgresql"
+    statement = claimable_rows(len(WANTED), postgresql)
+    binds = {f"c{i}": job_id for i, job_id in enumerate(WANTED)}
+
+    async def check(conn: AsyncConnection) -> tuple[list[str], str]:
+        await conn.execute(jobs.insert(), ROWS)
+        found = [row.job_id for row in await conn.execute(statement, binds)]
+        return found, await query_plan(conn, statement.params(binds))
+
+    found, plan = await db.write(check)
+    queued = {r["job_id"] for r in ROWS if r["status"] == JobStatus.QUEUED.value}
+    assert found == sorted(j for j in WANTED if j in queued) and len(found) == 25
+    assert "ix_jobs_queue" not in plan, plan
+    key = "jobs_pkey" if postgresql else "sqlite_autoindex_jobs_1 (job_id=?)"
+    assert key in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # the ids come in order off the key
