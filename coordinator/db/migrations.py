@@ -68,11 +68,19 @@ async def _credits_from_another(conn: AsyncConnection) -> None:
     await conn.run_sync(credit.create)
 
 
+async def _running_by_miner(conn: AsyncConnection) -> None:
+    """5: the jobs running on a miner are found by miner, not by walking every running
+    job, when it says hello."""
+    running = next(i for i in schema.jobs.indexes if i.name == "ix_jobs_running_miner")
+    await conn.run_sync(running.create)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", None),
     Migration(2, "unsealed transfers index; receipts sealed with payment", _seal_by_payment),
     Migration(3, "indexes for job listings and recent completions", _read_indexes),
     Migration(4, "credit index of transfers from another address", _credits_from_another),
+    Migration(5, "index of running jobs by miner", _running_by_miner),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -126,6 +126,14 @@ Index("ix_jobs_status_created", jobs.c.status, jobs.c.created_at_ms, jobs.c.job_
 COMPLETED_ONLY = jobs.c.status == literal_column("'completed'")
 partial_index("ix_jobs_model_completed", COMPLETED_ONLY, jobs.c.model, jobs.c.completed_at_ms)
 Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at_ms)
+# The jobs leased to a miner, read when it says hello (to resume them after a reconnect).
+# Without it that read walked every running job (8 ms with 40,000 running, on the event
+# loop, for each miner of a reconnect storm; docs/benchmarks.md, round 15). Partial: a job
+# has an entry only while it runs. Schema version 5. The read states the same predicate.
+# `status` is constant in it, but SQLite (no statistics) rates an index by the equalities
+# it serves, and with miner_id alone it tied with the status-led indexes and took one.
+RUNNING_ONLY = jobs.c.status == literal_column("'running'")
+partial_index("ix_jobs_running_miner", RUNNING_ONLY, jobs.c.miner_id, jobs.c.status)
 Index("ix_jobs_deadline", jobs.c.status, jobs.c.deadline_ms)
 
 miners = Table(

@@ -63,6 +63,7 @@ from protocol.timefmt import now_ms
 jobs = schema.jobs
 
 __all__ = [
+    "RUNNING_ON_MINER",
     "Change",
     "ClaimRequest",
     "MinerIdentity",
@@ -194,13 +195,17 @@ _QUEUED = (
 )
 
 
+# Read off ix_jobs_running_miner, whose predicate it states.
+RUNNING_ON_MINER = select(*JOB_COLUMNS).where(
+    schema.RUNNING_ONLY, jobs.c.miner_id == bindparam("r_miner")
+)
+
+
 async def running_jobs_of(core: Core, miner_id: str) -> list[Job]:
     """Jobs leased to a miner (for resuming after a reconnect)."""
-    query = select(*JOB_COLUMNS).where(
-        jobs.c.status == JobStatus.RUNNING.value, jobs.c.miner_id == miner_id
-    )
     async with core.db.read() as conn:
-        return [job_from_row(row) for row in await conn.execute(query)]
+        rows = await conn.execute(RUNNING_ON_MINER, {"r_miner": miner_id})
+        return [job_from_row(row) for row in rows]
 
 
 async def available_balances(

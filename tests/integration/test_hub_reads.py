@@ -1,10 +1,12 @@
-"""A claim round reads the jobs it claims by their ids, whatever the queue holds (SQLite
-and PostgreSQL).
+"""The hub's reads by key find their rows through that key, whatever else the jobs table
+holds (SQLite and PostgreSQL).
 
 SQLite keeps no statistics for this schema, so its planner judges `status = 'queued'` on a
 status index as selective as a list of ids on the primary key. A claim round took
 ix_jobs_queue and walked every queued job to find the few it claimed (18 ms a round with
-100,000 queued, 0.3 ms by key), on the event loop (docs/benchmarks.md, round 15)."""
+100,000 queued, 0.3 ms by key); a miner's hello walked every running job to find its own
+(8 ms with 40,000 running, once per miner when thousands reconnect). Both ran on the event
+loop (docs/benchmarks.md, round 15)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.db.database import Database
 from coordinator.db.schema import jobs
 from coordinator.domain.jobs import JobStatus
-from coordinator.service.lifecycle import claimable_rows
+from coordinator.service.lifecycle import RUNNING_ON_MINER, claimable_rows
 
 STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED)
 
@@ -41,6 +43,7 @@ def _job(index: int) -> dict[str, Any]:
         "estimated_cost_uait": 1,
         "estimated_units": 1,
         "estimated_time_seconds": 1,
+        "miner_id": f"miner_{index % 7}" if index % 3 == 1 else None,
         "created_at_ms": 1_000 + index,
         "updated_at_ms": 1_000 + index,
     }
@@ -69,3 +72,17 @@ async def test_a_claim_reads_its_jobs_by_id_not_through_the_queue(db: Database) 
     key = "jobs_pkey" if postgresql else "sqlite_autoindex_jobs_1 (job_id=?)"
     assert key in plan, plan
     assert "TEMP B-TREE" not in plan, plan  # the ids come in order off the key
+
+
+async def test_a_miners_hello_reads_its_running_jobs_by_miner(db: Database) -> None:
+    binds = {"r_miner": "miner_3"}
+
+    async def check(conn: AsyncConnection) -> tuple[list[str], str]:
+        await conn.execute(jobs.insert(), ROWS)
+        found = [row.job_id for row in await conn.execute(RUNNING_ON_MINER, binds)]
+        return found, await query_plan(conn, RUNNING_ON_MINER.params(binds))
+
+    found, plan = await db.write(check)
+    expected = [r["job_id"] for r in ROWS if (r["status"], r["miner_id"]) == ("running", "miner_3")]
+    assert sorted(found) == expected and len(expected) == 14
+    assert "ix_jobs_running_miner" in plan, plan

@@ -24,10 +24,12 @@ CHAIN = "ait-devnet"
 COORDINATOR = generate_private_key()
 
 # What version 1 had where later versions differ (the upgrade test rebuilds it from the
-# current schema): version 4's credit index of transfers held every credit; version 3's
-# read indexes of jobs were one, a client's jobs by time; version 2's unsealed transfers
-# were an index of every transfer by (chain, block), and receipts were stamped too.
+# current schema): version 5's index of running jobs by miner did not exist; version 4's
+# credit index of transfers held every credit; version 3's read indexes of jobs were one,
+# a client's jobs by time; version 2's unsealed transfers were an index of every transfer
+# by (chain, block), and receipts were stamped too.
 _BACK_TO_VERSION_1 = (
+    "DROP INDEX ix_jobs_running_miner",
     "DROP INDEX ix_jobs_client_created",
     "DROP INDEX ix_jobs_client_status",
     "DROP INDEX ix_jobs_created",
