@@ -1,23 +1,22 @@
-"""Hints for SQLite's query planner, which keeps no statistics in this schema (no ANALYZE):
-it judges an index by its columns alone, and an equality on a status column looks as
-selective as one on a primary key."""
+"""A hint for the query planners, which judge an equality on a status column as selective
+as a list of primary keys: SQLite keeps no statistics in this schema (no ANALYZE), and
+PostgreSQL has none for a table until autovacuum first analyzes it."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
-from sqlalchemy.sql.operators import custom_op
-
-_UNARY_PLUS: custom_op[Any] = custom_op("+")
+from sqlalchemy import String, literal_column
+from sqlalchemy.sql.elements import ColumnElement
 
 
-def no_index(column: ColumnElement[Any]) -> ColumnElement[Any]:
-    """`column` as `+column`: the same value, but a term SQLite will not look up through an
-    index (sqlite.org/optoverview.html, "Disqualifying WHERE clause terms using unary-+"),
-    so the other terms of the WHERE choose the index. SQLite only: PostgreSQL has no unary
-    plus for text."""
-    return UnaryExpression(column, operator=_UNARY_PLUS, type_=column.type)
+def no_index(column: ColumnElement[str]) -> ColumnElement[str]:
+    """The text `column` as `column || ''`: the same value, but an expression, which no
+    index serves (on SQLite and PostgreSQL alike), so the WHERE's other terms choose the
+    index (sqlite.org/optoverview.html, "Disqualifying WHERE clause terms")."""
+    assert isinstance(column.type, String), column.type
+    empty: ColumnElement[Any] = literal_column("''", type_=column.type)
+    return column.concat(empty)
 
 
 __all__ = ["no_index"]

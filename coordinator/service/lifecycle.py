@@ -149,15 +149,14 @@ def _queued_job(row: Any) -> QueuedJob:
 @functools.cache
 def claimable_rows(count: int, postgresql: bool) -> Any:
     """The claim's read: the rows of `count` job ids (binds c0..), those still queued."""
-    # The ids find the rows through the primary key. SQLite's planner, which keeps no
-    # statistics here, preferred ix_jobs_queue for the status term and walked every queued
-    # job to find these few: a claim round cost O(backlog) (docs/benchmarks.md, round 15).
-    status = jobs.c.status if postgresql else no_index(jobs.c.status)
+    # The ids find the rows through the primary key. Without statistics both planners
+    # preferred a status index for the status term and walked every queued job to find
+    # these few: a claim round cost O(backlog) (docs/benchmarks.md, round 15).
     query = (
         select(*JOB_COLUMNS)
         .where(
             jobs.c.job_id.in_([bindparam(f"c{i}", type_=jobs.c.job_id.type) for i in range(count)]),
-            status == JobStatus.QUEUED.value,
+            no_index(jobs.c.status) == JobStatus.QUEUED.value,
         )
         .order_by(jobs.c.job_id)
     )
