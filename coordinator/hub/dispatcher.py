@@ -10,13 +10,16 @@
 - Reaper: expires leases that were not renewed (re-queue or fail by attempts) and ends
   jobs past their deadline (``timed_out``), telling the miner that held them to stop.
 - Cancel listener: a ``cancel`` event on the bus (client cancel, time-out) is pushed to
-  the miner running that job.
+  the miner running that job. The job ids are remembered for a while: a lease committed
+  just before the cancel, whose ``assign`` was not yet written, is then not sent at all
+  (``Hub.deliver``), so the miner never runs a job it would not be paid for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -45,6 +48,9 @@ MAX_ROUNDS = 10  # planning rounds per wake-up before waiting again
 ASSIGNED, LOST, SKIPPED = "assigned", "lost", "skipped"  # outcomes of one claim
 REAP_MIN_S = 0.05
 REAP_MAX_S = 1.0
+# Cancelled job ids kept for `deliver`. A lease and its send are milliseconds apart, and a
+# cancel is final (a cancelled or timed-out job is never leased again).
+RECENT_CANCELS = 4096
 
 
 class Hub:
@@ -55,6 +61,7 @@ class Hub:
         # The last planning round that read the queue left jobs in it: submits then leave
         # free slots to the dispatcher (admission.py) instead of planning for nothing.
         self.backlog = False
+        self._cancelled: OrderedDict[str, None] = OrderedDict()  # as cancels_forever saw them
 
     @property
     def core(self) -> Core:
@@ -159,11 +166,17 @@ class Hub:
         return ASSIGNED if await self.deliver(core, conn, claimed, offer) else SKIPPED
 
     async def deliver(self, core: Core, conn: MinerConn, claimed: Job, offer: ModelOffer) -> bool:
-        """Send a committed claim to its miner; False when the miner went away meanwhile
-        (the job is given back to the queue)."""
+        """Send a committed claim to its miner; False when it was not sent: the miner went
+        away meanwhile (the job is given back to the queue), or the job was cancelled."""
         job_id = claimed.job_id
         conn.running.add(job_id)
         msg = await assignment(core, claimed, offer)
+        if self.was_cancelled(job_id):
+            # Its cancel committed after the lease; any `cancel` sent for it went out before
+            # this `assign` would have, and a miner ignores a cancel for a job it never had.
+            conn.running.discard(job_id)
+            log.info("job cancelled before it reached its miner", extra={"job_id": job_id})
+            return False
         if not await conn.send(msg):
             conn.running.discard(job_id)
             await lifecycle.release_job(core, job_id, conn.miner_id, "miner went away")
@@ -212,6 +225,7 @@ class Hub:
                 if event is None or event.get("type") != "cancel":
                     continue
                 job_id = str(event.get("job_id"))
+                self._note_cancelled(job_id)
                 conn = self.registry.holder_of(job_id)
                 if conn is None:
                     continue  # held by a miner on another process, or already gone
@@ -219,6 +233,15 @@ class Hub:
                 reason = str(event.get("reason") or "cancelled")
                 await conn.send(Cancel(job_id, _reason_text(reason)))
                 core.bus.wake()
+
+    def was_cancelled(self, job_id: str) -> bool:
+        """Whether the cancel listener saw `job_id` cancelled (lately: RECENT_CANCELS)."""
+        return job_id in self._cancelled
+
+    def _note_cancelled(self, job_id: str) -> None:
+        self._cancelled[job_id] = None
+        if len(self._cancelled) > RECENT_CANCELS:
+            self._cancelled.popitem(last=False)
 
 
 def _reason_text(reason: str) -> str:

@@ -2,11 +2,13 @@
 daemons: with the queue empty, a submit's own commit leases its jobs to free miners, so
 they run with the dispatcher stopped; jobs beyond the free slots, and every job while
 another is queued, wait for the dispatcher. No slot is promised twice, and the ledger
-settles these jobs as it settles the dispatcher's."""
+settles these jobs as it settles the dispatcher's. A lease whose job is cancelled before
+its `assign` is written is not sent at all."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,12 @@ import pytest
 from test_hub_flow import Stack, stacks, until
 
 from coordinator.api.jobs import TAKEN_AT_ADMISSION
+from coordinator.appkeys import ADMISSION_DISPATCH
+from coordinator.hub.admission import AdmissionDispatch
 from coordinator.hub.registry import MinerConn
+from coordinator.service import lifecycle
+from coordinator.service.core import Core
+from coordinator.service.lifecycle import MinerIdentity
 
 
 @pytest.fixture
@@ -155,3 +162,50 @@ async def test_a_job_leased_at_admission_never_passes_one_queued_beside_it(stack
     assert echo["queue_reason"] == TAKEN_AT_ADMISSION
     await stack.wait_status(client_key, echo["job_id"], "completed", within_s=10)
     assert (await stack.job(client_key, nobody["job_id"]))["status"] == "queued"
+
+
+async def test_a_job_cancelled_between_its_lease_and_its_send_never_reaches_the_miner(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cancel commits after the lease and before the `assign` is written (a window of
+    milliseconds, held open here): the miner is not sent a job whose result would be
+    refused, and its slot is free for the next job."""
+    caplog.set_level(logging.INFO, logger="miner.daemon")
+    miner_key, _ = await stack.key("miner")
+    client_key, client_addr = await stack.client(100)
+    await stop_dispatcher()
+    sub = await stack.submit(client_key)  # no miner yet: it stays queued
+    job_id = sub["job_id"]
+    d = await stack.daemon(miner_key)
+    conn = conn_of(stack, d.miner_id)
+    offer = conn.advert.offer("echo")
+    assert offer is not None
+    core = Core.of(stack.app)
+    identity = MinerIdentity(conn.miner_id, conn.address, conn.public_key)
+    claimed = await lifecycle.claim_job(
+        core, job_id, identity, offer.price_uait_per_unit, offer.unit
+    )
+    assert claimed is not None  # leased, as a dispatcher round leases, and not yet sent
+
+    cancelled = await stack.call("DELETE", f"/v1/jobs/{job_id}", client_key)
+    assert cancelled["status"] == "cancelled"
+    dispatch = stack.app[ADMISSION_DISPATCH]
+    assert isinstance(dispatch, AdmissionDispatch)
+    hub = dispatch.hub
+
+    async def heard() -> bool:
+        return hub.was_cancelled(job_id)
+
+    await until(heard, 5, "the cancel listener to hear of the cancel")
+    assert await hub.deliver(core, conn, claimed, offer) is False
+    assert job_id not in conn.running
+
+    nxt = await stack.submit(client_key)  # the free slot takes it; it runs after the above
+    await stack.wait_status(client_key, nxt["job_id"], "completed", within_s=10)
+    assigned = [
+        getattr(r, "job_id", None)
+        for r in caplog.records
+        if r.name == "miner.daemon" and r.getMessage() == "job assigned"
+    ]
+    assert assigned == [nxt["job_id"]]
+    assert (await stack.balance(client_addr))["held"] == 0
