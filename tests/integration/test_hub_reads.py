@@ -16,39 +16,20 @@ from typing import Any
 from ait_harness import query_plan
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+from test_job_listing import _job as listing_row
 
 from coordinator.db.database import Database
 from coordinator.db.schema import jobs
 from coordinator.domain.jobs import JobStatus
 from coordinator.service.lifecycle import RUNNING_ON_MINER, claimable_rows
 
-STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED)
-
 
 def _job(index: int) -> dict[str, Any]:
-    return {
-        "job_id": f"job_{index:04d}",
-        "client_address": "ait1" + "a" * 40,
-        "key_id": "key_x",
-        "chain_id": "ait-devnet",
-        "model": "gpt2",
-        "status": STATUSES[index % 3].value,
-        "priority": 1,
-        "requirements": "{}",
-        "params": "{}",
-        "output_config": "{}",
-        "input_json": '"hi"',
-        "input_sha256": "0" * 64,
-        "input_bytes": 4,
-        "timeout_seconds": 60,
-        "deadline_ms": 10**13,
-        "estimated_cost_uait": 1,
-        "estimated_units": 1,
-        "estimated_time_seconds": 1,
-        "miner_id": f"miner_{index % 7}" if index % 3 == 1 else None,
-        "created_at_ms": 1_000 + index,
-        "updated_at_ms": 1_000 + index,
-    }
+    """test_job_listing's row (status queued, running, completed in turn), with ids in
+    index order and a miner for the running ones."""
+    row = listing_row(index)
+    miner = f"miner_{index % 7}" if row["status"] == JobStatus.RUNNING.value else None
+    return {**row, "job_id": f"job_{index:04d}", "miner_id": miner}
 
 
 ROWS = [_job(i) for i in range(300)]
