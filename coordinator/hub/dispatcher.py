@@ -226,8 +226,10 @@ class Hub:
                     continue
                 job_id = str(event.get("job_id"))
                 self._note_cancelled(job_id)
-                conn = self.registry.holder_of(job_id)
-                if conn is None:
+                # Its miner by the id the event names: `holder_of` scans every connection,
+                # 0.1-0.2 ms a cancel with 10,000 miners, where this is 1 µs.
+                conn = self.registry.get(event.get("miner_id"))
+                if conn is None or job_id not in conn.running:
                     continue  # held by a miner on another process, or already gone
                 conn.running.discard(job_id)
                 reason = str(event.get("reason") or "cancelled")
