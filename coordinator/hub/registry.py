@@ -168,9 +168,6 @@ class MinerRegistry:
     def connections(self) -> list[MinerConn]:
         return list(self._conns.values())
 
-    def holder_of(self, job_id: str) -> MinerConn | None:
-        return next((c for c in self._conns.values() if job_id in c.running), None)
-
     def track(self, miner_id: str) -> Track:
         return self._tracks.setdefault(miner_id, Track())
 

@@ -1,6 +1,7 @@
 """Hostile and broken miners against a real coordinator: auth failures, bad frames and bad
 results (bad/empty signature, another miner's key, another job's id, changed output,
-unbound receipt, replay) are rejected, never paid, and the coordinator stays up."""
+unbound receipt, replay) are rejected, never paid, and the coordinator stays up; a miner
+that stops renewing its lease is told to stop and the job goes out again."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from protocol.keys import PrivateKey, generate_private_key, public_key_hex, sign
 from protocol.messages import (
     Advert,
     Assign,
+    Cancel,
     Challenge,
     Error,
     GpuInfo,
@@ -238,6 +240,27 @@ async def test_bad_results_are_rejected_never_paid_and_retried_then_failed(
     assert after["available"] == before["available"] and after["held"] == 0
     async with stack.http.get(stack.url + "/healthz") as r:
         assert r.status == 200
+
+
+async def test_a_miner_that_stops_renewing_is_told_to_stop_and_the_job_goes_again(
+    stack: Stack, raw: RawFactory
+) -> None:
+    """This miner sends no heartbeat, so its lease (1.5 s) runs out while it is still
+    connected: the reaper requeues the job and sends it `cancel` (found by the miner the
+    job names), then the job is assigned again, as attempt 2."""
+    miner_key, miner_addr = await stack.key("miner")
+    client_key, _ = await stack.client(100)
+    quiet = await raw(stack.url, miner_key)
+    sub = await stack.submit(client_key)
+    first = await quiet.recv(Assign)
+    assert (first.job_id, first.attempt) == (sub["job_id"], 1)
+    cancel = await quiet.recv(Cancel)
+    assert cancel.job_id == first.job_id and cancel.reason == "lease expired"
+    again = await quiet.recv(Assign)
+    assert (again.job_id, again.attempt) == (first.job_id, 2)
+    await quiet.send(quiet.result(again, _output(again)))
+    await stack.wait_status(client_key, sub["job_id"], "completed")
+    assert await _paid(stack, miner_addr) > 0
 
 
 async def test_replayed_result_is_rejected_and_paid_once(stack: Stack, raw: RawFactory) -> None:
