@@ -134,14 +134,16 @@ class LoopTurns:
         self._task.cancel()
 
 
-async def query_plan(conn: Any, statement: Any) -> str:
+async def query_plan(conn: Any, statement: Any, *, as_is: bool = False) -> str:
     """The database's plan for `statement`, one line a step; on PostgreSQL with table
     scans and sorts priced out, so a Sort or Seq Scan in it means no index could serve
-    it (call it inside a transaction: the settings are `SET LOCAL`)."""
+    it (call it inside a transaction: the settings are `SET LOCAL`). `as_is`: the plan
+    PostgreSQL picks by itself (with sorts priced out it may take an index it would not)."""
     sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     if conn.dialect.name == "postgresql":
-        await conn.execute(text("SET LOCAL enable_seqscan = off"))
-        await conn.execute(text("SET LOCAL enable_sort = off"))
+        if not as_is:
+            await conn.execute(text("SET LOCAL enable_seqscan = off"))
+            await conn.execute(text("SET LOCAL enable_sort = off"))
         rows = await conn.execute(text("EXPLAIN " + sql))
         return "\n".join(str(row[0]) for row in rows)
     rows = await conn.execute(text("EXPLAIN QUERY PLAN " + sql))

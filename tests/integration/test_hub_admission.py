@@ -17,8 +17,7 @@ import pytest
 from test_hub_flow import Stack, stacks, until
 
 from coordinator.api.jobs import TAKEN_AT_ADMISSION
-from coordinator.appkeys import ADMISSION_DISPATCH
-from coordinator.hub.admission import AdmissionDispatch
+from coordinator.hub import HUB
 from coordinator.hub.registry import MinerConn
 from coordinator.service import lifecycle
 from coordinator.service.core import Core
@@ -189,9 +188,7 @@ async def test_a_job_cancelled_between_its_lease_and_its_send_never_reaches_the_
 
     cancelled = await stack.call("DELETE", f"/v1/jobs/{job_id}", client_key)
     assert cancelled["status"] == "cancelled"
-    dispatch = stack.app[ADMISSION_DISPATCH]
-    assert isinstance(dispatch, AdmissionDispatch)
-    hub = dispatch.hub
+    hub = stack.app[HUB]
 
     async def heard() -> bool:
         return hub.was_cancelled(job_id)

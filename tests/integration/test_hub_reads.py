@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from ait_harness import query_plan
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from test_job_listing import _job as listing_row
 
@@ -38,15 +37,6 @@ ROWS = [_job(i) for i in range(300)]
 WANTED = [f"job_{i:04d}" for i in range(0, 300, 4)] + ["job_9999"]  # 75 known, 1 not
 
 
-async def _plan_as_is(conn: AsyncConnection, statement: Any) -> str:
-    """The plan the database picks by itself (query_plan prices scans and sorts out on
-    PostgreSQL, and with sorts priced out it took the key here even when it would not)."""
-    sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-    postgresql = conn.dialect.name == "postgresql"
-    rows = await conn.execute(text(("EXPLAIN " if postgresql else "EXPLAIN QUERY PLAN ") + sql))
-    return "\n".join(str(row[0] if postgresql else row[3]) for row in rows)
-
-
 async def test_a_claim_reads_its_jobs_by_id_not_through_the_queue(db: Database) -> None:
     postgresql = db.dialect == "postgresql"
     statement = claimable_rows(len(WANTED), postgresql)
@@ -55,7 +45,7 @@ async def test_a_claim_reads_its_jobs_by_id_not_through_the_queue(db: Database) 
     async def check(conn: AsyncConnection) -> tuple[list[str], str]:
         await conn.execute(jobs.insert(), ROWS)
         found = [row.job_id for row in await conn.execute(statement, binds)]
-        return found, await _plan_as_is(conn, statement.params(binds))
+        return found, await query_plan(conn, statement.params(binds), as_is=True)
 
     found, plan = await db.write(check)
     queued = {r["job_id"] for r in ROWS if r["status"] == JobStatus.QUEUED.value}
