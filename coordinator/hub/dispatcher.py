@@ -25,7 +25,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from coordinator.domain.jobs import Job, JobStatus, QueuedJob
-from coordinator.domain.matching import JobDemand, MinerSnapshot, over_escrow, plan
+from coordinator.domain.matching import (
+    JobDemand,
+    MinerSnapshot,
+    offers_by_model,
+    over_escrow,
+    plan,
+)
 from coordinator.hub.registry import MinerConn, MinerRegistry, demand_of
 from coordinator.service import lifecycle
 from coordinator.service.core import Core
@@ -130,10 +136,11 @@ class Hub:
         """The scheduler's view of the queued jobs; with the client's available balance
         for those a free miner would cost more than their escrow (one read, only then)."""
         demands = [demand_of(j) for j in jobs]
+        offers = offers_by_model(miners)  # once a round, not once a job (round 16)
         short = {
             (j.chain_id, j.client_address)
             for j, d in zip(jobs, demands, strict=True)
-            if over_escrow(d, miners)
+            if over_escrow(d, offers.get(d.model, ()))
         }
         if not short:
             return demands

@@ -127,10 +127,11 @@ def test_client_balance_bounds_a_top_up() -> None:
     assert eligible(m, job(units_by_unit=units, held_uait=500, available_uait=1_500))
     short = job(units_by_unit=units, held_uait=500, available_uait=1_499)
     assert not eligible(m, short) and plan([short], [m]) == []
-    assert over_escrow(short, [m]) and not over_escrow(
-        job(units_by_unit=units, held_uait=2_000), [m]
+    assert over_escrow(short, m.models) and not over_escrow(
+        job(units_by_unit=units, held_uait=2_000), m.models
     )
-    assert not over_escrow(job(units_by_unit=units, max_price_uait=1_000), [m])  # not eligible
+    assert not over_escrow(job(units_by_unit=units, max_price_uait=1_000), m.models)  # too dear
+    assert not over_escrow(job(model="llama", units_by_unit=units), m.models)  # another model
     assert queue_reason(short, [m]) == (
         "1 miner serves gpt2 but the cheapest would cost about 0.002000 AIT for this job, "
         "more than its escrow (0.000500 AIT) plus the client's available balance "
