@@ -37,7 +37,8 @@ class MinerRegistryProtocol(Protocol):
         `fail_if_unmatched`."""
 
     def offers(self, model: str) -> Sequence[Offer]:
-        """Advertised prices for `model` of connected (and known registered) miners."""
+        """Advertised prices for `model` of connected (and known registered) miners: each
+        distinct unit and price once."""
 
     def miners_view(self) -> list[dict[str, Any]]:
         """`GET /v1/miners` items: miner_id, gpus, models, prices, status, jobs_completed,

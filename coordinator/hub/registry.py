@@ -9,7 +9,7 @@ are remembered (bounded) so prices and ``never_matches_reason`` survive a short 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,8 +76,15 @@ class MinerConn:
             return 0
         return max(0, self.advert.max_concurrency - len(self.running) - self.reserved)
 
+    _snapshot: MinerSnapshot | None = field(default=None, repr=False, compare=False)
+
     def snapshot(self) -> MinerSnapshot:
-        return MinerSnapshot(self.miner_id, self.advert.gpus, self.advert.models, self.free_slots)
+        # Kept while the free slots stay the same: each plan snapshots every free miner,
+        # and with thousands connected most are as they were (docs/benchmarks.md, round 16).
+        free, advert, snap = self.free_slots, self.advert, self._snapshot
+        if snap is None or snap.free_slots != free or snap.models is not advert.models:
+            snap = self._snapshot = MinerSnapshot(self.miner_id, advert.gpus, advert.models, free)
+        return snap
 
 
 def demand_of(job: Job | QueuedJob, available_uait: int | None = None) -> JobDemand:
@@ -105,7 +112,14 @@ class MinerRegistry:
         self._conns: dict[str, MinerConn] = {}
         # key_id -> miner ids connected or mid-handshake with it (the per-key cap)
         self._by_key: dict[str, set[str]] = {}
-        self._known: OrderedDict[str, Advert] = OrderedDict()
+        # Miners not connected now, remembered (bounded) for prices and reasons; connected
+        # ones are read from their connection. Until round 16 this one bounded map held
+        # both, so with over 1,000 connected the earliest were forgotten: their prices left
+        # out of escrows and `fail_if_unmatched` refusing jobs only they could run.
+        self._away: OrderedDict[str, Advert] = OrderedDict()
+        # model -> one Offer per distinct (unit, price) quoted, until a miner comes or goes:
+        # every submitted job is priced from them (docs/benchmarks.md, round 16).
+        self._offers: dict[str, tuple[Offer, ...]] = {}
         self._tracks: dict[str, Track] = {}
         # (chain_id, address) -> (available uAIT, when read): what the dispatcher last saw
         self._balances: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
@@ -118,24 +132,30 @@ class MinerRegistry:
             self._drop_from_key(old.key_id, old.miner_id)
         self._conns[conn.miner_id] = conn
         self._by_key.setdefault(conn.key_id, set()).add(conn.miner_id)
-        self._known[conn.miner_id] = conn.advert
-        self._known.move_to_end(conn.miner_id)
-        while len(self._known) > MAX_REMEMBERED:
-            self._known.popitem(last=False)
+        self._away.pop(conn.miner_id, None)
+        self._offers.clear()
         return old
 
     def remember(self, miner_id: str, advert: Advert) -> None:
         """A miner seen before (e.g. stored in the database) that is not connected now."""
         if miner_id not in self._conns:
-            self._known[miner_id] = advert
-            self._known.move_to_end(miner_id)
-            while len(self._known) > MAX_REMEMBERED:
-                self._known.popitem(last=False)
+            self._away[miner_id] = advert
+            self._away.move_to_end(miner_id)
+            while len(self._away) > MAX_REMEMBERED:
+                self._away.popitem(last=False)
+            self._offers.clear()
 
     def remove(self, conn: MinerConn) -> None:
         if self._conns.get(conn.miner_id) is conn:
             del self._conns[conn.miner_id]
             self._drop_from_key(conn.key_id, conn.miner_id)
+            self.remember(conn.miner_id, conn.advert)
+
+    def _adverts(self) -> Iterator[tuple[str, Advert]]:
+        """Every miner known: those remembered, then those connected."""
+        yield from self._away.items()
+        for miner_id, conn in self._conns.items():
+            yield miner_id, conn.advert
 
     def reserve(self, key_id: str, miner_id: str, limit: int) -> int | None:
         """Hold a place for `miner_id` under `key_id` while its handshake finishes; or,
@@ -222,7 +242,7 @@ class MinerRegistry:
 
     def never_matches_reason(self, job: Job) -> str | None:
         demand = demand_of(job)
-        known = [MinerSnapshot(mid, a.gpus, a.models, 1) for mid, a in self._known.items()]
+        known = [MinerSnapshot(mid, a.gpus, a.models, 1) for mid, a in self._adverts()]
         if any(eligible(m, demand) for m in known):
             return None
         serving = [m for m in known if m.offer(demand.model) is not None]
@@ -231,14 +251,22 @@ class MinerRegistry:
         return queue_reason(demand, known)
 
     def offers(self, model: str) -> Sequence[Offer]:
-        found = []
-        for miner_id, advert in self._known.items():
-            offer = advert.offer(model)
-            if offer is not None:
-                connected = miner_id in self._conns
-                found.append(
-                    Offer(miner_id, model, offer.price_uait_per_unit, offer.unit, connected)
-                )
+        found = self._offers.get(model)
+        if found is None:
+            # One per distinct price and unit (the first miner seen quoting it): the
+            # estimate reads no more, and thousands of miners quote a handful of prices.
+            first: dict[tuple[str, int], Offer] = {}
+            for miner_id, advert in self._adverts():
+                offer = advert.offer(model)
+                if offer is not None and (offer.unit, offer.price_uait_per_unit) not in first:
+                    first[(offer.unit, offer.price_uait_per_unit)] = Offer(
+                        miner_id,
+                        model,
+                        offer.price_uait_per_unit,
+                        offer.unit,
+                        miner_id in self._conns,
+                    )
+            found = self._offers[model] = tuple(first.values())
         return found
 
     def miners_view(self) -> list[dict[str, Any]]:

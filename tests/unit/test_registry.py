@@ -1,0 +1,98 @@
+"""coordinator.hub.registry: what the REST side and the planners read of the miners
+connected to this process, with thousands of them."""
+
+from __future__ import annotations
+
+from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
+from coordinator.hub.registry import MAX_REMEMBERED, MinerConn, MinerRegistry
+from protocol.messages import Advert, GpuInfo, Message, ModelOffer
+
+
+async def _sent(_message: Message) -> bool:
+    return True  # no socket: these tests read the registry, they send nothing
+
+
+async def _closed(_code: int, _reason: str) -> None:
+    return None
+
+
+def conn(miner_id: str, *offers: tuple[str, int]) -> MinerConn:
+    models = tuple(ModelOffer(name, "echo", "byte", price) for name, price in offers)
+    advert = Advert((GpuInfo("cpu", 0, 1),), models, 2, "test")
+    made = MinerConn(miner_id, "pk", f"addr-{miner_id}", "key-1", advert, _sent, _closed)
+    made.resumed = True
+    return made
+
+
+def job(model: str) -> Job:
+    return Job(
+        job_id="job_1",
+        client_address="client",
+        key_id="key",
+        chain_id="ait-devnet",
+        model=model,
+        status=JobStatus.QUEUED,
+        priority=Priority.NORMAL,
+        requirements=Requirements(),
+        params={},
+        output_config={},
+        input_json='"hi"',
+        input_file_id=None,
+        input_sha256="0" * 64,
+        input_bytes=4,
+        timeout_seconds=60,
+        deadline_ms=60_000,
+        max_price_uait=None,
+        estimated_cost_uait=4,
+        estimated_units=4,
+        estimated_time_seconds=1,
+        created_at_ms=0,
+        updated_at_ms=0,
+    )
+
+
+def test_a_connected_miner_is_never_forgotten_however_many_connect_after_it() -> None:
+    registry = MinerRegistry()
+    registry.add(conn("m-rare", ("rare", 7)))
+    for i in range(MAX_REMEMBERED + 5):
+        registry.add(conn(f"m{i:05d}", ("echo", 1)))
+    assert [(o.miner_id, o.price_uait_per_unit) for o in registry.offers("rare")] == [("m-rare", 7)]
+    assert registry.never_matches_reason(job("rare")) is None
+    assert registry.never_matches_reason(job("other")) == "no connected miner serves model other"
+
+
+def test_offers_name_each_price_once_and_follow_miners_coming_and_going() -> None:
+    registry = MinerRegistry()
+    a, b, c = conn("a", ("echo", 5)), conn("b", ("echo", 5)), conn("c", ("echo", 9), ("x", 1))
+    for each in (a, b, c):
+        registry.add(each)
+    assert [(o.miner_id, o.price_uait_per_unit) for o in registry.offers("echo")] == [
+        ("a", 5),
+        ("c", 9),
+    ]
+    registry.add(conn("d", ("echo", 7)))
+    assert [o.price_uait_per_unit for o in registry.offers("echo")] == [5, 9, 7]
+    # A miner that went away is remembered for its prices, as before it connected again.
+    registry.remove(c)
+    assert [(o.price_uait_per_unit, o.connected) for o in registry.offers("x")] == [(1, False)]
+    registry.add(conn("c", ("x", 2)))  # back, with another price
+    assert [(o.price_uait_per_unit, o.connected) for o in registry.offers("x")] == [(2, True)]
+
+
+def test_remembered_miners_are_bounded_and_the_oldest_go_first() -> None:
+    registry = MinerRegistry()
+    for i in range(MAX_REMEMBERED + 1):
+        registry.remember(f"away{i:05d}", conn("x", ("echo", i)).advert)
+    prices = [o.price_uait_per_unit for o in registry.offers("echo")]
+    assert len(prices) == MAX_REMEMBERED and prices[0] == 1
+
+
+def test_a_snapshot_is_kept_while_the_free_slots_stay_the_same() -> None:
+    miner = conn("m", ("echo", 1))
+    first = miner.snapshot()
+    assert miner.snapshot() is first and first.free_slots == 2
+    miner.running.add("job_1")
+    second = miner.snapshot()
+    assert second is not first and second.free_slots == 1
+    miner.running.discard("job_1")
+    assert miner.snapshot().free_slots == 2
