@@ -418,7 +418,13 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         for _ in range(args.faucet_calls):
             async with session.post(cluster.url + "/v1/faucet", json=faucet) as response:
                 assert response.status in (200, 201), await response.text()
-        job = {"model": "echo", "input": "x" * args.input_bytes}
+        job: dict[str, Any] = {"model": "echo", "input": "x" * args.input_bytes}
+        standby: list[Any] = []
+        if args.standby_miners:
+            standby = await connect_standby(session, cluster, args.miners, args.standby_miners)
+            # The miners' price is 1 uAIT a byte of input (its JSON text); the standby
+            # miners' STANDBY_PRICE_UAIT is above this cap, so none is ever eligible.
+            job["max_price"] = round(10 * (args.input_bytes + 2) / 1e6, 6)  # AIT
         load = (
             BatchLoad(session, cluster.url, job, args.batch)
             if args.batch
@@ -446,6 +452,8 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         listed = await collect(session, cluster.url, len(load.job_ids), args.drain_seconds)
         jobs = await job_times(session, cluster.url, listed)
         to_miner = await miner_start_ms(session, cluster.url, jobs)
+        for ws in standby:
+            await ws.close()
     report = summarize(jobs, (start, end))
     report["submit_to_miner_start_ms"] = to_miner
     settled = max(1.0, report["settled_jobs_per_s"] * (end - start))
@@ -483,19 +491,18 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
     return report
 
 
-async def run_connections(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
-    """K idle miners connected at once (one process, real handshakes); RSS per miner."""
+async def connect_idle_miners(
+    cluster: Cluster, count: int, advert: Any, *, resume: bool
+) -> tuple[list[Any], list[BaseException]]:
+    """`count` miners connected from this process (real keys, signed nonces, adverts) that
+    run nothing; with `resume` each also says it runs nothing, so the hub counts its slots
+    as free and every plan weighs it."""
     from miner.connection import open_session
     from miner.identity import load_identity
-    from protocol.messages import Advert, GpuInfo, ModelOffer
+    from protocol.messages import Resume, encode
 
     # The hub caps the daemons one miner key serves (an operator's hosts); spread over keys.
-    miner_keys = [cluster.key("miner") for _ in range(-(-args.connections // MINERS_PER_KEY))]
-    cluster.start_coordinator()
-    assert cluster.coordinator is not None
-    await asyncio.sleep(1.5)
-    idle = proc_stats(cluster.coordinator.pid)
-    advert = Advert((GpuInfo("cpu", 0, 1),), (ModelOffer("echo", "echo", "byte", 1),), 1, "bench")
+    miner_keys = [cluster.key("miner") for _ in range(-(-count // MINERS_PER_KEY))]
     ws_url = cluster.url.replace("http", "ws") + "/v1/miners/ws"
     sockets: list[Any] = []
     semaphore = asyncio.Semaphore(64)
@@ -505,12 +512,45 @@ async def run_connections(args: argparse.Namespace, cluster: Cluster) -> dict[st
         async with semaphore:
             api_key = miner_keys[index // MINERS_PER_KEY]["api_key"]
             ws, _ = await open_session(ws_url, api_key, identity, advert)
+            if resume:
+                await ws.send(encode(Resume()))
         sockets.append(ws)
 
-    results = await asyncio.gather(
-        *(connect(i) for i in range(args.connections)), return_exceptions=True
-    )
-    failures = [r for r in results if isinstance(r, BaseException)]
+    results = await asyncio.gather(*(connect(i) for i in range(count)), return_exceptions=True)
+    return sockets, [r for r in results if isinstance(r, BaseException)]
+
+
+STANDBY_PRICE_UAIT = 100  # a byte; the bench's miners ask 1 (their config, above)
+
+
+async def connect_standby(
+    session: aiohttp.ClientSession, cluster: Cluster, miners: int, count: int
+) -> list[Any]:
+    """`count` more free miners that serve echo above the bench jobs' max_price: what a
+    marketplace with thousands of miners online asks of every plan, while the bench's own
+    miners still run every job."""
+    from protocol.messages import Advert, GpuInfo, ModelOffer
+
+    offer = ModelOffer("echo", "echo", "byte", STANDBY_PRICE_UAIT)
+    advert = Advert((GpuInfo("cpu", 0, 1),), (offer,), 4, "bench-standby")
+    log(f"connecting {count} standby miners")
+    sockets, failures = await connect_idle_miners(cluster, count, advert, resume=True)
+    if failures:
+        raise SystemExit(f"bench: {len(failures)} standby miners failed: {failures[0]!r}")
+    await wait_ready(session, cluster, miners + count)
+    return sockets
+
+
+async def run_connections(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
+    """K idle miners connected at once (one process, real handshakes); RSS per miner."""
+    from protocol.messages import Advert, GpuInfo, ModelOffer
+
+    cluster.start_coordinator()
+    assert cluster.coordinator is not None
+    await asyncio.sleep(1.5)
+    idle = proc_stats(cluster.coordinator.pid)
+    advert = Advert((GpuInfo("cpu", 0, 1),), (ModelOffer("echo", "echo", "byte", 1),), 1, "bench")
+    sockets, failures = await connect_idle_miners(cluster, args.connections, advert, resume=False)
     await asyncio.sleep(2)
     loaded = proc_stats(cluster.coordinator.pid)
     for ws in sockets:
@@ -542,6 +582,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "on one stream of all jobs; closed loop: each client waits for its whole batch",
     )
     parser.add_argument("--miners", type=int, default=2)
+    parser.add_argument(
+        "--standby-miners",
+        type=int,
+        default=0,
+        help="K more free miners connected that the jobs' max_price rules out: every plan "
+        "weighs them (load modes)",
+    )
     parser.add_argument("--miner-concurrency", type=int, default=64)
     parser.add_argument("--input-bytes", type=int, default=16)
     parser.add_argument("--faucet-calls", type=int, default=1)
