@@ -12,15 +12,18 @@ Rules (docs/protocol.md, "Scheduling"):
   priority; a job that no free miner can take does not block the jobs behind it;
 - among eligible miners with a free slot the cheapest wins, then the least loaded.
 
-Nothing here awaits or touches storage; the hub feeds it snapshots.
+Nothing here awaits or touches storage. `plan_alike` plans over groups of miners that
+look alike (the hub's shapes, coordinator/hub/shapes.py); `plan` is the same over
+snapshots.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Protocol
 
 from protocol.messages import GpuInfo, ModelOffer, gpu_type_matches
 from protocol.money import format_ait
@@ -120,20 +123,11 @@ def funded(offer: ModelOffer, job: JobDemand) -> bool:
 def over_escrow(job: JobDemand, offers: Iterable[ModelOffer]) -> bool:
     """Some offer for the job's model would cost it more than its escrow (its claim needs a
     top-up): the dispatcher then needs the client's available balance to plan it. `offers`
-    are the free miners' (`offers_by_model`); each distinct offer need be named once."""
+    are the free miners'; each distinct offer need be named once."""
     for offer in offers:
         if offer.name == job.model and price_fits(offer, job) and job.cost(offer) > job.held_uait:
             return True
     return False
-
-
-def offers_by_model(miners: Iterable[MinerSnapshot]) -> dict[str, set[ModelOffer]]:
-    """The distinct offers of these miners, by model: many miners quote the same."""
-    offers: dict[str, set[ModelOffer]] = {}
-    for miner in miners:
-        for offer in miner.models:
-            offers.setdefault(offer.name, set()).add(offer)
-    return offers
 
 
 def eligible(miner: MinerSnapshot, job: JobDemand) -> bool:
@@ -157,94 +151,112 @@ def _cost(miner: MinerSnapshot, job: JobDemand) -> int:
     return job.cost(_offer(miner, job))
 
 
-@dataclass
-class _Group:
-    """Free miners that look alike to a job of one model: the same devices and the same
-    offer, so the same eligibility and cost. Among them the rank is free slots, then id."""
+class Alike(Protocol):
+    """Miners a job of one model cannot tell apart: the same devices and the same offer,
+    so the same eligibility and cost. Among them the best has the most free slots, then
+    the lowest id."""
 
-    gpus: tuple[GpuInfo, ...]
-    offer: ModelOffer
-    heap: list[tuple[int, str]]  # (-free slots when pushed, miner id): the best on top
+    @property
+    def gpus(self) -> tuple[GpuInfo, ...]: ...
 
+    @property
+    def offer(self) -> ModelOffer: ...
 
-def _groups(pool: Sequence[MinerSnapshot], model: str) -> list[_Group]:
-    groups: dict[tuple[tuple[tuple[str, int, int], ...], ModelOffer], _Group] = {}
-    for miner in pool:
-        offer = miner.offer(model)
-        if offer is None:
-            continue
-        key = (miner.devices, offer)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = _Group(miner.gpus, offer, [])
-        group.heap.append((-miner.free_slots, miner.miner_id))
-    for group in groups.values():
-        heapq.heapify(group.heap)
-    return list(groups.values())
+    def best(self) -> tuple[int, str] | None:
+        """(-free slots, miner id) of the best with a slot left; None when none has one."""
+
+    def take(self) -> None:
+        """Give one slot of the best to the job just planned."""
 
 
-def _top(group: _Group, slots: Mapping[str, int]) -> tuple[int, str] | None:
-    """The group's best miner with a slot left. A miner that serves several models sits
-    in a group of each, and a slot taken through one leaves its entry in the others
-    overstated (slots only go down within a plan): such an entry is pushed again as is."""
-    heap = group.heap
-    while heap:
-        top = heap[0]
-        left = slots[top[1]]
-        if -top[0] == left:
-            return top
-        heapq.heappop(heap)
-        if left > 0:
-            heapq.heappush(heap, (-left, top[1]))
-    return None
-
-
-def plan(jobs: Iterable[JobDemand], miners: Iterable[MinerSnapshot]) -> list[tuple[str, str]]:
-    """(job_id, miner_id) pairs to claim, in priority order, within every free slot.
-
-    Each job takes, among the miners eligible for it with a slot left, the cheapest, then
-    the one with the most free slots, then the lowest id. Miners are compared in groups
-    that look alike (`_Group`), so a plan costs jobs x groups rather than jobs x miners:
-    with 1,000 free miners, planning 25 jobs took 40 ms on the event loop miner by miner,
-    and 500 jobs 0.85 s (docs/benchmarks.md, round 16).
-    """
-    pool = [m for m in miners if m.free_slots > 0]
-    slots = {m.miner_id: m.free_slots for m in pool}
-    left = sum(slots.values())
-    by_model: dict[str, list[_Group]] = {}
+def plan_alike(
+    jobs: Iterable[JobDemand], alike: Callable[[str], Iterable[Alike]]
+) -> list[tuple[str, str]]:
+    """(job_id, miner_id) pairs to claim, in priority order, within every free slot: each
+    job takes, among the miners eligible for it with a slot left, the cheapest, then the
+    one with the most free slots, then the lowest id. `alike(model)` gives the groups of
+    miners that serve the model, so a plan costs jobs x groups, not jobs x miners: with
+    1,000 free miners, 25 jobs took 40 ms on the event loop miner by miner and 500 jobs
+    0.85 s (docs/benchmarks.md, round 16)."""
     pairs: list[tuple[str, str]] = []
     for job in sort_jobs(jobs):
-        if left <= 0:
-            break
-        groups = by_model.get(job.model)
-        if groups is None:
-            groups = by_model[job.model] = _groups(pool, job.model)
         best: tuple[int, int, str] | None = None
-        chosen: _Group | None = None
-        for group in groups:
-            top = _top(group, slots)
+        chosen: Alike | None = None
+        for group in alike(job.model):
+            top = group.best()
             if top is None or not _takes(group, job):
                 continue
             rank = (job.cost(group.offer), *top)
             if best is None or rank < best:
                 best, chosen = rank, group
-        if best is None or chosen is None:
-            continue
-        miner_id = best[2]
-        heapq.heappop(chosen.heap)
-        slots[miner_id] -= 1
-        left -= 1
-        if slots[miner_id] > 0:
-            heapq.heappush(chosen.heap, (-slots[miner_id], miner_id))
-        pairs.append((job.job_id, miner_id))
+        if best is not None and chosen is not None:
+            chosen.take()
+            pairs.append((job.job_id, best[2]))
     return pairs
 
 
-def _takes(group: _Group, job: JobDemand) -> bool:
+def _takes(group: Alike, job: JobDemand) -> bool:
     """`eligible` for every miner of the group."""
     return (
         price_fits(group.offer, job) and funded(group.offer, job) and hardware_fits(group.gpus, job)
     )
+
+
+@dataclass
+class _Group:
+    """Snapshots that look alike to one model, for `plan`."""
+
+    gpus: tuple[GpuInfo, ...]
+    offer: ModelOffer
+    slots: dict[str, int]  # the plan's: free slots left per miner, shared by its groups
+    heap: list[tuple[int, str]]  # (-free slots when pushed, miner id): the best on top
+
+    def best(self) -> tuple[int, str] | None:
+        # A miner that serves several models sits in a group of each, and a slot taken
+        # through one leaves its entry in the others overstated (slots only go down within
+        # a plan): such an entry is pushed again as it is now.
+        heap = self.heap
+        while heap:
+            top = heap[0]
+            left = self.slots[top[1]]
+            if -top[0] == left:
+                return top
+            heapq.heappop(heap)
+            if left > 0:
+                heapq.heappush(heap, (-left, top[1]))
+        return None
+
+    def take(self) -> None:
+        _, miner_id = heapq.heappop(self.heap)
+        left = self.slots[miner_id] = self.slots[miner_id] - 1
+        if left > 0:
+            heapq.heappush(self.heap, (-left, miner_id))
+
+
+def plan(jobs: Iterable[JobDemand], miners: Iterable[MinerSnapshot]) -> list[tuple[str, str]]:
+    """`plan_alike` over snapshots: the pairs to claim within their free slots."""
+    pool = [m for m in miners if m.free_slots > 0]
+    slots = {m.miner_id: m.free_slots for m in pool}
+    by_model: dict[str, list[_Group]] = {}
+
+    def alike(model: str) -> list[_Group]:
+        groups = by_model.get(model)
+        if groups is None:
+            keyed: dict[tuple[tuple[tuple[str, int, int], ...], ModelOffer], _Group] = {}
+            for miner in pool:
+                offer = miner.offer(model)
+                if offer is not None:
+                    key = (miner.devices, offer)
+                    group = keyed.get(key)
+                    if group is None:
+                        group = keyed[key] = _Group(miner.gpus, offer, slots, [])
+                    group.heap.append((-miner.free_slots, miner.miner_id))
+            for group in keyed.values():
+                heapq.heapify(group.heap)
+            groups = by_model[model] = list(keyed.values())
+        return groups
+
+    return plan_alike(jobs, alike)
 
 
 def _miners(n: int) -> str:
@@ -257,38 +269,47 @@ def _serve(n: int) -> str:
 
 def queue_reason(job: JobDemand, miners: Iterable[MinerSnapshot]) -> str:
     """One sentence: why this queued job is not running yet (the first unmet condition)."""
-    pool = list(miners)
+    return queue_reason_counted(job, ((m, 1) for m in miners))
+
+
+def queue_reason_counted(job: JobDemand, groups: Iterable[tuple[MinerSnapshot, int]]) -> str:
+    """`queue_reason` over groups of miners that look alike: (one of them, standing for
+    all, with a free slot when any has one; how many they are)."""
+    pool = list(groups)
     if not pool:
         return f"no miner is connected; waiting for one that serves model {job.model}"
-    serving = [m for m in pool if m.offer(job.model) is not None]
+    serving = [(m, n) for m, n in pool if m.offer(job.model) is not None]
     if not serving:
         return f"no connected miner serves model {job.model}"
-    head = f"{_serve(len(serving))} {job.model} but"
-    hw = [m for m in serving if hardware_fits(m.gpus, job)]
+    head = f"{_serve(_count(serving))} {job.model} but"
+    hw = [(m, n) for m, n in serving if hardware_fits(m.gpus, job)]
     if not hw:
-        return f"{head} {_hardware_gap(serving, job)}"
-    priced = [m for m in hw if price_fits(_offer(m, job), job)]
+        return f"{head} {_hardware_gap([m for m, _ in serving], job)}"
+    priced = [(m, n) for m, n in hw if price_fits(_offer(m, job), job)]
     if not priced:
-        cheapest = min(_cost(m, job) for m in hw)
+        cheapest = min(_cost(m, job) for m, _ in hw)
         limit = job.max_price_uait or 0
         return (
             f"{head} the cheapest would cost about {format_ait(cheapest)} AIT for this job, "
             f"above max_price {format_ait(limit)}"
         )
-    affordable = [m for m in priced if funded(_offer(m, job), job)]
+    affordable = [(m, n) for m, n in priced if funded(_offer(m, job), job)]
     if not affordable:
-        cheapest = min(_cost(m, job) for m in priced)
+        cheapest = min(_cost(m, job) for m, _ in priced)
         return (
             f"{head} the cheapest would cost about {format_ait(cheapest)} AIT for this job, "
             f"more than its escrow ({format_ait(job.held_uait)} AIT) plus the client's "
             f"available balance ({format_ait(job.available_uait or 0)} AIT); it waits for "
             "funds or a cheaper miner until its timeout"
         )
-    free = [m for m in affordable if m.free_slots > 0]
-    if not free:
-        n = len(affordable)
+    if not any(m.free_slots > 0 for m, _ in affordable):
+        n = _count(affordable)
         return "the only matching miner is busy" if n == 1 else f"all {n} matching miners are busy"
     return "a matching miner has a free slot; jobs ahead of it in the queue go first"
+
+
+def _count(groups: Iterable[tuple[MinerSnapshot, int]]) -> int:
+    return sum(n for _, n in groups)
 
 
 def _hardware_gap(serving: Sequence[MinerSnapshot], job: JobDemand) -> str:

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from coordinator.domain.jobs import Job
-from coordinator.domain.matching import plan
 from coordinator.hub.dispatcher import Hub
 from coordinator.hub.registry import MinerConn, demand_of
 from coordinator.service.lifecycle import ClaimRequest, MinerIdentity
@@ -38,18 +37,21 @@ class AdmissionDispatch:
             # for them meanwhile would shrink the dispatcher's rounds (docs/benchmarks.md,
             # round 14). The admission's own check stays the rule; this only saves work.
             return {}
-        free = self.hub.free_connections()
-        if not free:
+        registry = self.hub.registry
+        if registry.free_slots() <= 0:
             return {}
-        by_miner = {c.miner_id: c for c in free}
         by_job = {j.job_id: j for j in jobs}
         claims: dict[str, ClaimRequest] = {}
-        for job_id, miner_id in plan([demand_of(j) for j in jobs], [c.snapshot() for c in free]):
-            conn = by_miner[miner_id]
+        # The plan reserves each slot it gives (MinerConn.reserved): `release` or
+        # `deliver` gives it back.
+        for job_id, miner_id in registry.plan([demand_of(j) for j in jobs]):
+            conn = registry.get(miner_id)
+            if conn is None:
+                continue
             offer = conn.advert.offer(by_job[job_id].model)
             if offer is None:  # plan() pairs only miners that serve the model
+                conn.reserved -= 1
                 continue
-            conn.reserved += 1
             self._held[job_id] = (conn, offer)
             identity = MinerIdentity(conn.miner_id, conn.address, conn.public_key)
             claims[job_id] = ClaimRequest(

@@ -25,13 +25,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from coordinator.domain.jobs import Job, JobStatus, QueuedJob
-from coordinator.domain.matching import (
-    JobDemand,
-    MinerSnapshot,
-    offers_by_model,
-    over_escrow,
-    plan,
-)
+from coordinator.domain.matching import JobDemand, over_escrow
 from coordinator.hub.registry import MinerConn, MinerRegistry, demand_of
 from coordinator.service import lifecycle
 from coordinator.service.core import Core
@@ -88,55 +82,54 @@ class Hub:
     async def dispatch_once(self, core: Core) -> bool:
         """One planning round; True when another round may place more: the scan was full,
         or a claim was lost to another coordinator process (its miner is still free)."""
-        free = self.free_connections()
-        if not free:
+        free_slots = self.registry.free_slots()
+        if free_slots <= 0:
             return False
-        snapshots = [c.snapshot() for c in free]
-        free_slots = sum(s.free_slots for s in snapshots)
         scan = min(QUEUE_SCAN, max(SCAN_MIN, SCAN_PER_SLOT * free_slots))
-        jobs, pairs = await self._plan(core, snapshots, scan)
+        jobs, pairs = await self._plan(core, scan)
         if len(pairs) < free_slots and len(jobs) == scan < QUEUE_SCAN:
-            scan = QUEUE_SCAN  # the head holds jobs these miners cannot run: look further
-            jobs, pairs = await self._plan(core, snapshots, scan)
+            # The head holds jobs these miners cannot run: look further.
+            self._give_back(pairs)
+            scan = QUEUE_SCAN
+            jobs, pairs = await self._plan(core, scan)
         if not jobs:
             self.backlog = False
             return False
         by_id = {j.job_id: j for j in jobs}
         # Claim the whole plan at once: the claims share one group commit instead of
         # waiting for a commit each (docs/benchmarks.md: serial claims capped dispatch).
+        # The plan reserved each slot (nothing awaited since); _assign gives it back.
         claims = []
         for job_id, miner_id in pairs:
             conn = self.registry.get(miner_id)
-            if conn is None or conn.free_slots <= 0:
-                continue
-            conn.reserved += 1  # given back by _assign, whatever the claim's outcome
-            claims.append(self._assign(core, conn, by_id[job_id]))
+            if conn is not None:
+                claims.append(self._assign(core, conn, by_id[job_id]))
         outcomes = await asyncio.gather(*claims)
         assigned = outcomes.count(ASSIGNED)
         self.backlog = assigned < len(jobs) or len(jobs) == scan
         return (assigned > 0 and len(jobs) == scan) or LOST in outcomes
 
-    def free_connections(self) -> list[MinerConn]:
-        """Miners that can take a job now: a slot neither running nor promised, and a
-        socket that keeps up with what it is sent."""
-        return [c for c in self.registry.connections() if c.free_slots > 0 and c.writable()]
+    def _give_back(self, pairs: list[tuple[str, str]]) -> None:
+        """The slots a plan reserved and nobody will claim."""
+        for _, miner_id in pairs:
+            conn = self.registry.get(miner_id)
+            if conn is not None:
+                conn.reserved -= 1
 
-    async def _plan(
-        self, core: Core, miners: list[MinerSnapshot], scan: int
-    ) -> tuple[list[QueuedJob], list[tuple[str, str]]]:
-        """The first `scan` queued jobs and the (job id, miner id) pairs planned for them."""
+    async def _plan(self, core: Core, scan: int) -> tuple[list[QueuedJob], list[tuple[str, str]]]:
+        """The first `scan` queued jobs and the (job id, miner id) pairs planned for them,
+        their slots reserved."""
         jobs = await lifecycle.list_queued(core, scan, self.parsed_queue)
         if not jobs:
             return jobs, []
-        return jobs, plan(await self._demands(core, jobs, miners), miners)
+        demands = await self._demands(core, jobs)
+        return jobs, self.registry.plan(demands)  # after the awaits: the miners as they are
 
-    async def _demands(
-        self, core: Core, jobs: list[QueuedJob], miners: list[MinerSnapshot]
-    ) -> list[JobDemand]:
+    async def _demands(self, core: Core, jobs: list[QueuedJob]) -> list[JobDemand]:
         """The scheduler's view of the queued jobs; with the client's available balance
         for those a free miner would cost more than their escrow (one read, only then)."""
         demands = [demand_of(j) for j in jobs]
-        offers = offers_by_model(miners)  # once a round, not once a job (round 16)
+        offers = self.registry.free_offers()  # distinct, by shape (round 16)
         short = {
             (j.chain_id, j.client_address)
             for j, d in zip(jobs, demands, strict=True)

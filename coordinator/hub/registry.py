@@ -2,14 +2,15 @@
 
 It holds each connection's advert, running jobs and a way to send it frames, answers the
 REST side's questions (``queue_reason``, ``offers``, the ``/v1/miners`` and ``/v1/models``
-views) and gives the dispatcher snapshots for the pure scheduler. Miners that disconnected
-are remembered (bounded) so prices and ``never_matches_reason`` survive a short cut.
+views) and plans for both planners over its miners grouped by shape (``shapes.py``).
+Miners that disconnected are remembered (bounded) so prices and ``never_matches_reason``
+survive a short cut.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +21,11 @@ from coordinator.domain.matching import (
     eligible,
     hardware_fits,
     queue_reason,
+    queue_reason_counted,
 )
 from coordinator.domain.pricing import Offer
-from protocol.messages import Advert, Message, normalise_gpu_type
+from coordinator.hub.shapes import Shape, ShapeIndex
+from protocol.messages import Advert, Message, ModelOffer, normalise_gpu_type
 from protocol.money import uait_to_ait
 from protocol.timefmt import iso_ms, now_ms
 
@@ -49,9 +52,17 @@ class Track:
         return round((good + 1) / (good + bad + 2), 3)
 
 
+# The fields `free_slots` is made of, besides `running`: a change is reported to the index.
+_SLOT_FIELDS = frozenset({"reserved", "draining", "resumed"})
+
+
 @dataclass
 class MinerConn:
-    """One authenticated websocket connection (mutable: running jobs change)."""
+    """One authenticated websocket connection (mutable: running jobs change).
+
+    Every change of its free slots is reported to its shape in the registry's index of
+    free miners (coordinator/hub/shapes.py): assignments to `reserved`, `draining` and
+    `resumed` are seen by `__setattr__`, and `running` reports its own adds and drops."""
 
     miner_id: str
     public_key: str
@@ -69,6 +80,10 @@ class MinerConn:
     draining: bool = False
     resumed: bool = False  # no assignments until the miner said what it still runs
     utilisation: int = 0
+    shape: Shape | None = field(default=None, repr=False, compare=False)  # while registered
+
+    def __post_init__(self) -> None:
+        self.running = RunningJobs(self, self.running)
 
     @property
     def free_slots(self) -> int:
@@ -76,15 +91,55 @@ class MinerConn:
             return 0
         return max(0, self.advert.max_concurrency - len(self.running) - self.reserved)
 
-    _snapshot: MinerSnapshot | None = field(default=None, repr=False, compare=False)
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SLOT_FIELDS and self.__dict__.get("shape") is not None:
+            before = self.free_slots
+            object.__setattr__(self, name, value)
+            self.slots_changed(before)
+        else:
+            object.__setattr__(self, name, value)
 
-    def snapshot(self) -> MinerSnapshot:
-        # Kept while the free slots stay the same: each plan snapshots every free miner,
-        # and with thousands connected most are as they were (docs/benchmarks.md, round 16).
-        free, advert, snap = self.free_slots, self.advert, self._snapshot
-        if snap is None or snap.free_slots != free or snap.models is not advert.models:
-            snap = self._snapshot = MinerSnapshot(self.miner_id, advert.gpus, advert.models, free)
-        return snap
+    def slots_changed(self, before: int) -> None:
+        shape = self.shape
+        if shape is None:
+            return
+        after = self.free_slots
+        if after != before:
+            shape.index.free_slots += after - before
+            if after > before:
+                shape.push(self)
+
+
+class RunningJobs(set[str]):
+    """A connection's running jobs, which report each add and drop to it (a job that
+    ends frees a slot the index must hear of). Change it with add, discard, remove and
+    clear only."""
+
+    def __init__(self, conn: MinerConn, jobs: Iterable[str] = ()) -> None:
+        super().__init__(jobs)
+        self._conn = conn
+
+    def add(self, job_id: str) -> None:
+        if job_id not in self:
+            before = self._conn.free_slots
+            super().add(job_id)
+            self._conn.slots_changed(before)
+
+    def discard(self, job_id: object) -> None:
+        if job_id in self:
+            before = self._conn.free_slots
+            super().discard(job_id)
+            self._conn.slots_changed(before)
+
+    def remove(self, job_id: str) -> None:
+        if job_id not in self:
+            raise KeyError(job_id)
+        self.discard(job_id)
+
+    def clear(self) -> None:
+        before = self._conn.free_slots
+        super().clear()
+        self._conn.slots_changed(before)
 
 
 def demand_of(job: Job | QueuedJob, available_uait: int | None = None) -> JobDemand:
@@ -121,6 +176,7 @@ class MinerRegistry:
         # every submitted job is priced from them (docs/benchmarks.md, round 16).
         self._offers: dict[str, tuple[Offer, ...]] = {}
         self._tracks: dict[str, Track] = {}
+        self._index = ShapeIndex()  # the connected miners, by shape, free ones in order
         # (chain_id, address) -> (available uAIT, when read): what the dispatcher last saw
         self._balances: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
 
@@ -130,7 +186,10 @@ class MinerRegistry:
         old = self._conns.get(conn.miner_id)
         if old is not None and old.key_id != conn.key_id:
             self._drop_from_key(old.key_id, old.miner_id)
+        if old is not None:
+            self._index.remove(old)
         self._conns[conn.miner_id] = conn
+        self._index.add(conn)
         self._by_key.setdefault(conn.key_id, set()).add(conn.miner_id)
         self._away.pop(conn.miner_id, None)
         self._offers.clear()
@@ -148,6 +207,7 @@ class MinerRegistry:
     def remove(self, conn: MinerConn) -> None:
         if self._conns.get(conn.miner_id) is conn:
             del self._conns[conn.miner_id]
+            self._index.remove(conn)
             self._drop_from_key(conn.key_id, conn.miner_id)
             self.remember(conn.miner_id, conn.advert)
 
@@ -191,8 +251,19 @@ class MinerRegistry:
     def track(self, miner_id: str) -> Track:
         return self._tracks.setdefault(miner_id, Track())
 
-    def snapshots(self) -> list[MinerSnapshot]:
-        return [c.snapshot() for c in self._conns.values()]
+    # -- the free miners, by shape (coordinator/hub/shapes.py) ---------------------------
+    def free_slots(self) -> int:
+        """Free slots over every connected miner."""
+        return self._index.free_slots
+
+    def plan(self, jobs: Sequence[JobDemand]) -> list[tuple[str, str]]:
+        """The scheduler's pairs for these jobs over the free miners, each slot reserved
+        on its connection; the caller gives back (`reserved -= 1`) what it does not claim."""
+        return self._index.plan(jobs)
+
+    def free_offers(self) -> dict[str, set[ModelOffer]]:
+        """The distinct offers of miners with a free slot, by model."""
+        return self._index.free_offers()
 
     # -- client balances the dispatcher read (so queue reasons can name a short wallet) ----
     def note_balances(self, balances: Mapping[tuple[str, str], int], at_ms: int) -> None:
@@ -212,18 +283,19 @@ class MinerRegistry:
 
     # -- MinerRegistryProtocol --------------------------------------------------------
     def queue_reasons(self, jobs: Sequence[Job]) -> list[str | None]:
-        # The miners are read once, and jobs that ask the same of them (a batch of alike
-        # jobs, a commit's events) share one answer: per job this was 4% of the
-        # coordinator under batch submits (docs/benchmarks.md, round 7).
-        miners: list[MinerSnapshot] | None = None
+        # The miners are read once, by shape, and jobs that ask the same of them (a batch
+        # of alike jobs, a commit's events) share one answer: per job this was 4% of the
+        # coordinator under batch submits (docs/benchmarks.md, round 7), and read miner by
+        # miner 43% with 10,000 miners connected (round 16).
+        shapes: list[tuple[MinerSnapshot, int]] | None = None
         answers: dict[tuple[Any, ...], str] = {}
         out: list[str | None] = []
         for job in jobs:
             if job.status != JobStatus.QUEUED:
                 out.append(None)
                 continue
-            if miners is None:
-                miners = self.snapshots()
+            if shapes is None:
+                shapes = [(s.stands_for(), len(s.members)) for s in self._index.shapes()]
             available = self.available_of(job)
             asks = (
                 job.model,
@@ -236,7 +308,7 @@ class MinerRegistry:
             )
             reason = answers.get(asks)
             if reason is None:
-                reason = answers[asks] = queue_reason(demand_of(job, available), miners)
+                reason = answers[asks] = queue_reason_counted(demand_of(job, available), shapes)
             out.append(reason)
         return out
 

@@ -14,7 +14,6 @@ from coordinator.domain.matching import (
     JobDemand,
     MinerSnapshot,
     eligible,
-    offers_by_model,
     over_escrow,
     plan,
     sort_jobs,
@@ -106,7 +105,10 @@ def test_plan_is_the_rule_miner_by_miner(js: list[JobDemand], ms: list[MinerSnap
 def test_over_escrow_by_distinct_offers_is_the_rule_miner_by_miner(
     js: list[JobDemand], ms: list[MinerSnapshot]
 ) -> None:
-    offers = offers_by_model(ms)
+    offers: dict[str, set[ModelOffer]] = {}
+    for m in ms:
+        for each in m.models:
+            offers.setdefault(each.name, set()).add(each)
     for job in js:
         by_miner = any(
             (o := m.offer(job.model)) is not None

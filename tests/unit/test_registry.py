@@ -4,6 +4,7 @@ connected to this process, with thousands of them."""
 from __future__ import annotations
 
 from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
+from coordinator.domain.matching import JobDemand
 from coordinator.hub.registry import MAX_REMEMBERED, MinerConn, MinerRegistry
 from protocol.messages import Advert, GpuInfo, Message, ModelOffer
 
@@ -87,12 +88,35 @@ def test_remembered_miners_are_bounded_and_the_oldest_go_first() -> None:
     assert len(prices) == MAX_REMEMBERED and prices[0] == 1
 
 
-def test_a_snapshot_is_kept_while_the_free_slots_stay_the_same() -> None:
+def test_the_index_of_free_miners_follows_every_change_of_their_slots() -> None:
+    registry = MinerRegistry()
+    a, b = conn("a", ("echo", 1)), conn("b", ("echo", 1))
+    registry.add(a)
+    registry.add(b)
+    assert registry.free_slots() == 4
+    a.running.add("job_1")
+    b.reserved += 2
+    assert registry.free_slots() == 1
+    demand = [JobDemand("j1", "echo"), JobDemand("j2", "echo")]
+    assert registry.plan(demand) == [("j1", "a")]  # the only free slot, now reserved
+    assert a.reserved == 1 and registry.free_slots() == 0
+    a.reserved -= 1
+    a.running.discard("job_1")
+    b.reserved = 0
+    assert registry.free_slots() == 4
+    assert registry.plan(demand) == [("j1", "a"), ("j2", "b")]
+    b.draining = True  # reserved slots and draining alike
+    assert registry.free_slots() == 1
+    registry.remove(a)
+    assert registry.free_slots() == 0 and registry.plan(demand) == []
+
+
+def test_a_busy_miners_heap_stays_bounded_however_many_jobs_it_runs() -> None:
+    registry = MinerRegistry()
     miner = conn("m", ("echo", 1))
-    first = miner.snapshot()
-    assert miner.snapshot() is first and first.free_slots == 2
-    miner.running.add("job_1")
-    second = miner.snapshot()
-    assert second is not first and second.free_slots == 1
-    miner.running.discard("job_1")
-    assert miner.snapshot().free_slots == 2
+    registry.add(miner)
+    for i in range(10_000):
+        miner.running.add(f"job_{i}")  # each job that ends pushes an entry
+        miner.running.discard(f"job_{i}")
+    assert miner.shape is not None and miner.shape.entries() <= 2 * 1 + 64 + 1
+    assert registry.plan([JobDemand("j1", "echo")]) == [("j1", "m")]

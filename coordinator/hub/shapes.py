@@ -1,0 +1,180 @@
+"""The connected miners grouped by what the scheduler sees of them, free ones in order.
+
+A *shape* is the miners with the same devices (type, VRAM and count; not utilisation)
+and the same offers: to a job they differ only in their free slots and their ids. Each
+shape keeps its members in a heap by free slots, then id, so a plan costs what the
+shapes number, not what the miners do: with 10,000 miners connected, reading every one
+for each submit and each dispatcher round held the event loop for 10-20 ms a time even
+after the plan itself went by groups (docs/benchmarks.md, round 16).
+
+The heap is lazy. Its entries are (-free slots when pushed, miner id); a connection
+pushes a fresh entry whenever its free slots rise (`MinerConn` reports every change),
+so every member with a free slot has an entry at least as high as what it has now. An
+entry found on top that overstates its miner (a slot taken since) is pushed again as the
+miner is now; one that understates it is dropped, as a later entry covers the miner.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from coordinator.domain.matching import JobDemand, MinerSnapshot, plan_alike
+from protocol.messages import GpuInfo, ModelOffer
+
+if TYPE_CHECKING:
+    from coordinator.hub.registry import MinerConn
+
+ShapeKey = tuple[tuple[tuple[str, int, int], ...], tuple[ModelOffer, ...]]
+
+
+def shape_key(gpus: tuple[GpuInfo, ...], models: tuple[ModelOffer, ...]) -> ShapeKey:
+    return tuple((g.gpu_type, g.vram_gb, g.count) for g in gpus), models
+
+
+class Shape:
+    def __init__(
+        self, index: ShapeIndex, gpus: tuple[GpuInfo, ...], models: tuple[ModelOffer, ...]
+    ):
+        self.index = index
+        self.gpus = gpus  # the first member's; the others differ at most in utilisation
+        self.models = models
+        self.members: dict[str, MinerConn] = {}
+        self._heap: list[tuple[int, str]] = []
+
+    def offer(self, model: str) -> ModelOffer | None:
+        return next((m for m in self.models if m.name == model), None)
+
+    def push(self, conn: MinerConn) -> None:
+        """The connection's free slots rose (or it joined)."""
+        free = conn.free_slots
+        if free > 0:
+            heapq.heappush(self._heap, (-free, conn.miner_id))
+            if len(self._heap) > 2 * len(self.members) + 64:
+                self._rebuild()  # understated entries sink and stay: drop them now and then
+
+    def entries(self) -> int:
+        """How many heap entries it holds (a bound the tests keep)."""
+        return len(self._heap)
+
+    def _rebuild(self) -> None:
+        self._heap = [(-c.free_slots, m) for m, c in self.members.items() if c.free_slots > 0]
+        heapq.heapify(self._heap)
+
+    def top(self) -> MinerConn | None:
+        """The member with the most free slots, then the lowest id; None when none has one."""
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            conn = self.members.get(entry[1])
+            free = conn.free_slots if conn is not None else 0
+            if conn is not None and free == -entry[0]:
+                return conn
+            heapq.heappop(heap)
+            if 0 < free < -entry[0]:
+                heapq.heappush(heap, (-free, entry[1]))
+        return None
+
+    def set_aside(self) -> MinerConn:
+        """Take the top member out of the heap (until `push`)."""
+        _, miner_id = heapq.heappop(self._heap)
+        return self.members[miner_id]
+
+    def stands_for(self) -> MinerSnapshot:
+        """One snapshot for all the members: a free slot when any has one."""
+        return MinerSnapshot("", self.gpus, self.models, 1 if self.top() is not None else 0)
+
+
+class ShapeIndex:
+    def __init__(self) -> None:
+        self._shapes: dict[ShapeKey, Shape] = {}
+        self._serving: dict[str, list[Shape]] = {}  # model -> the shapes that offer it
+        self.free_slots = 0  # over every member; kept by the members' reports
+
+    def add(self, conn: MinerConn) -> None:
+        key = shape_key(conn.advert.gpus, conn.advert.models)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = Shape(self, conn.advert.gpus, conn.advert.models)
+            for offer in shape.models:
+                self._serving.setdefault(offer.name, []).append(shape)
+        shape.members[conn.miner_id] = conn
+        conn.shape = shape
+        self.free_slots += conn.free_slots
+        shape.push(conn)
+
+    def remove(self, conn: MinerConn) -> None:
+        shape = conn.shape
+        if shape is None:
+            return
+        conn.shape = None
+        del shape.members[conn.miner_id]
+        self.free_slots -= conn.free_slots
+        if not shape.members:
+            del self._shapes[shape_key(shape.gpus, shape.models)]
+            for offer in shape.models:
+                serving = self._serving[offer.name]
+                serving.remove(shape)
+                if not serving:
+                    del self._serving[offer.name]
+
+    def shapes(self) -> Iterable[Shape]:
+        return self._shapes.values()
+
+    def free_offers(self) -> dict[str, set[ModelOffer]]:
+        """The offers of the shapes with a free slot, by model."""
+        offers: dict[str, set[ModelOffer]] = {}
+        for shape in self._shapes.values():
+            if shape.top() is not None:
+                for offer in shape.models:
+                    offers.setdefault(offer.name, set()).add(offer)
+        return offers
+
+    def plan(self, jobs: Sequence[JobDemand]) -> list[tuple[str, str]]:
+        """`plan_alike` over the free members, each slot it plans reserved on its
+        connection (`MinerConn.reserved`) at once; the caller gives back those it does not
+        claim. A member whose socket is not keeping up is left out, as the dispatcher
+        always did."""
+        aside: list[tuple[Shape, MinerConn]] = []
+        groups: dict[str, list[_Planned]] = {}
+
+        def alike(model: str) -> list[_Planned]:
+            found = groups.get(model)
+            if found is None:
+                found = groups[model] = []
+                for shape in self._serving.get(model, ()):
+                    offer = shape.offer(model)
+                    if offer is not None:
+                        found.append(_Planned(shape, offer, aside))
+            return found
+
+        try:
+            return plan_alike(jobs, alike)
+        finally:
+            for shape, conn in aside:
+                if conn.shape is shape:
+                    shape.push(conn)
+
+
+class _Planned:
+    """One shape as one plan sees it for one model."""
+
+    def __init__(self, shape: Shape, offer: ModelOffer, aside: list[tuple[Shape, MinerConn]]):
+        self.shape = shape
+        self.gpus = shape.gpus
+        self.offer = offer
+        self._aside = aside
+
+    def best(self) -> tuple[int, str] | None:
+        shape = self.shape
+        while (conn := shape.top()) is not None:
+            if conn.writable():
+                return -conn.free_slots, conn.miner_id
+            self._aside.append((shape, shape.set_aside()))
+        return None
+
+    def take(self) -> None:
+        conn = self.shape.top()
+        assert conn is not None, "take() follows a best() that found a member"
+        conn.reserved += 1
