@@ -20,7 +20,6 @@ from coordinator.domain.matching import (
     MinerSnapshot,
     eligible,
     hardware_fits,
-    queue_reason,
     queue_reason_counted,
 )
 from coordinator.domain.pricing import Offer
@@ -314,13 +313,17 @@ class MinerRegistry:
 
     def never_matches_reason(self, job: Job) -> str | None:
         demand = demand_of(job)
-        known = [MinerSnapshot(mid, a.gpus, a.models, 1) for mid, a in self._adverts()]
-        if any(eligible(m, demand) for m in known):
+        # Connected miners by shape (as many as look alike), remembered ones one by one.
+        known = [(MinerSnapshot(m, a.gpus, a.models, 1), 1) for m, a in self._away.items()]
+        known += [
+            (MinerSnapshot("", s.gpus, s.models, 1), len(s.members)) for s in self._index.shapes()
+        ]
+        if any(eligible(m, demand) for m, _ in known):
             return None
-        serving = [m for m in known if m.offer(demand.model) is not None]
+        serving = [m for m, _ in known if m.offer(demand.model) is not None]
         if serving and any(hardware_fits(m.gpus, demand) for m in serving):
             return None  # only the price is off: prices change, keep the job
-        return queue_reason(demand, known)
+        return queue_reason_counted(demand, known)
 
     def offers(self, model: str) -> Sequence[Offer]:
         found = self._offers.get(model)

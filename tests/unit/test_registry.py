@@ -3,6 +3,8 @@ connected to this process, with thousands of them."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
 from coordinator.domain.matching import JobDemand
 from coordinator.hub.registry import MAX_REMEMBERED, MinerConn, MinerRegistry
@@ -60,6 +62,10 @@ def test_a_connected_miner_is_never_forgotten_however_many_connect_after_it() ->
     assert [(o.miner_id, o.price_uait_per_unit) for o in registry.offers("rare")] == [("m-rare", 7)]
     assert registry.never_matches_reason(job("rare")) is None
     assert registry.never_matches_reason(job("other")) == "no connected miner serves model other"
+    on_gpu = dataclasses.replace(job("echo"), requirements=Requirements(gpu_type="a100"))
+    assert registry.never_matches_reason(on_gpu) == (
+        f"{MAX_REMEMBERED + 5} miners serve echo but none has gpu_type a100"
+    )
 
 
 def test_offers_name_each_price_once_and_follow_miners_coming_and_going() -> None:
