@@ -170,16 +170,19 @@ class Alike(Protocol):
 
 
 def plan_alike(
-    jobs: Iterable[JobDemand], alike: Callable[[str], Iterable[Alike]]
+    jobs: Iterable[JobDemand], alike: Callable[[str], Iterable[Alike]], slots: int
 ) -> list[tuple[str, str]]:
     """(job_id, miner_id) pairs to claim, in priority order, within every free slot: each
     job takes, among the miners eligible for it with a slot left, the cheapest, then the
     one with the most free slots, then the lowest id. `alike(model)` gives the groups of
     miners that serve the model, so a plan costs jobs x groups, not jobs x miners: with
     1,000 free miners, 25 jobs took 40 ms on the event loop miner by miner and 500 jobs
-    0.85 s (docs/benchmarks.md, round 16)."""
+    0.85 s (docs/benchmarks.md, round 16). `slots` bounds the free slots of all groups
+    together: the plan stops when they are spent."""
     pairs: list[tuple[str, str]] = []
     for job in sort_jobs(jobs):
+        if slots <= 0:
+            break
         best: tuple[int, int, str] | None = None
         chosen: Alike | None = None
         for group in alike(job.model):
@@ -191,6 +194,7 @@ def plan_alike(
                 best, chosen = rank, group
         if best is not None and chosen is not None:
             chosen.take()
+            slots -= 1
             pairs.append((job.job_id, best[2]))
     return pairs
 
@@ -256,7 +260,7 @@ def plan(jobs: Iterable[JobDemand], miners: Iterable[MinerSnapshot]) -> list[tup
             groups = by_model[model] = list(keyed.values())
         return groups
 
-    return plan_alike(jobs, alike)
+    return plan_alike(jobs, alike, sum(slots.values()))
 
 
 def _miners(n: int) -> str:

@@ -137,6 +137,7 @@ class ShapeIndex:
         claim. A member whose socket is not keeping up is left out, as the dispatcher
         always did."""
         aside: list[tuple[Shape, MinerConn]] = []
+        best: dict[Shape, MinerConn | None] = {}  # each shape's best until a slot is taken
         groups: dict[str, list[_Planned]] = {}
 
         def alike(model: str) -> list[_Planned]:
@@ -146,11 +147,11 @@ class ShapeIndex:
                 for shape in self._serving.get(model, ()):
                     offer = shape.offer(model)
                     if offer is not None:
-                        found.append(_Planned(shape, offer, aside))
+                        found.append(_Planned(shape, offer, best, aside))
             return found
 
         try:
-            return plan_alike(jobs, alike)
+            return plan_alike(jobs, alike, self.free_slots)
         finally:
             for shape, conn in aside:
                 if conn.shape is shape:
@@ -158,23 +159,37 @@ class ShapeIndex:
 
 
 class _Planned:
-    """One shape as one plan sees it for one model."""
+    """One shape as one plan sees it for one model. Nothing else changes the miners while
+    a plan runs, so a shape's best stays its best until this plan takes one of its slots."""
 
-    def __init__(self, shape: Shape, offer: ModelOffer, aside: list[tuple[Shape, MinerConn]]):
+    def __init__(
+        self,
+        shape: Shape,
+        offer: ModelOffer,
+        best: dict[Shape, MinerConn | None],
+        aside: list[tuple[Shape, MinerConn]],
+    ):
         self.shape = shape
         self.gpus = shape.gpus
         self.offer = offer
+        self._best = best
         self._aside = aside
 
-    def best(self) -> tuple[int, str] | None:
+    def _conn(self) -> MinerConn | None:
         shape = self.shape
-        while (conn := shape.top()) is not None:
-            if conn.writable():
-                return -conn.free_slots, conn.miner_id
-            self._aside.append((shape, shape.set_aside()))
-        return None
+        if shape in self._best:
+            return self._best[shape]
+        while (conn := shape.top()) is not None and not conn.writable():
+            self._aside.append((shape, shape.set_aside()))  # its socket is not keeping up
+        self._best[shape] = conn
+        return conn
+
+    def best(self) -> tuple[int, str] | None:
+        conn = self._conn()
+        return None if conn is None else (-conn.free_slots, conn.miner_id)
 
     def take(self) -> None:
-        conn = self.shape.top()
+        conn = self._conn()
         assert conn is not None, "take() follows a best() that found a member"
         conn.reserved += 1
+        del self._best[self.shape]
