@@ -25,6 +25,7 @@ from chain import store as ledger_store
 from chain.ledger import Result
 from coordinator.appkeys import DATABASE
 from coordinator.db.database import Database
+from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
 from coordinator.service.keys import create_key
 from coordinator.settings import RateLimit, Settings
 from protocol.money import ait_to_uait
@@ -230,3 +231,32 @@ __all__ = [
     "require_postgres",
     "serve",
 ]
+
+
+def sample_job() -> Job:
+    """A queued job with every field set, as a unit test starts from."""
+    return Job(
+        job_id="job_1",
+        client_address="ait1" + "0" * 40,
+        key_id="key_1",
+        chain_id="ait-devnet",
+        model="echo",
+        status=JobStatus.QUEUED,
+        priority=Priority.NORMAL,
+        requirements=Requirements(gpu_type="a100", min_vram_gb=40.0),
+        params={"temperature": 0.5},
+        output_config={},
+        input_json='{"text":"hi"}',
+        input_file_id=None,
+        input_sha256="ab" * 32,
+        input_bytes=13,
+        timeout_seconds=60,
+        deadline_ms=61_000,
+        max_price_uait=None,
+        estimated_cost_uait=5,
+        estimated_units=5,
+        estimated_time_seconds=1,
+        created_at_ms=1_000,
+        updated_at_ms=1_000,
+        extra={"units_by_unit": {"token": 5}},
+    )

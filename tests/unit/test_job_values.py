@@ -7,36 +7,9 @@ import dataclasses
 import typing
 
 import pytest
+from ait_harness import sample_job
 
-from coordinator.domain.jobs import Job, JobChanges, JobStatus, Priority, Requirements
-
-
-def _job() -> Job:
-    return Job(
-        job_id="job_1",
-        client_address="ait1" + "0" * 40,
-        key_id="key_1",
-        chain_id="ait-devnet",
-        model="echo",
-        status=JobStatus.QUEUED,
-        priority=Priority.NORMAL,
-        requirements=Requirements(gpu_type="a100", min_vram_gb=40.0),
-        params={"temperature": 0.5},
-        output_config={},
-        input_json='{"text":"hi"}',
-        input_file_id=None,
-        input_sha256="ab" * 32,
-        input_bytes=13,
-        timeout_seconds=60,
-        deadline_ms=61_000,
-        max_price_uait=None,
-        estimated_cost_uait=5,
-        estimated_units=5,
-        estimated_time_seconds=1,
-        created_at_ms=1_000,
-        updated_at_ms=1_000,
-        extra={"units_by_unit": {"token": 5}},
-    )
+from coordinator.domain.jobs import Job, JobChanges, JobStatus
 
 
 def test_job_changes_names_every_field_of_job_with_its_type() -> None:
@@ -49,7 +22,7 @@ def test_job_changes_names_every_field_of_job_with_its_type() -> None:
 
 
 def test_evolve_equals_replace_and_leaves_the_original_alone() -> None:
-    job = _job()
+    job = sample_job()
     changes: JobChanges = {
         "status": JobStatus.RUNNING,
         "miner_id": "miner_abc",
@@ -66,7 +39,7 @@ def test_evolve_equals_replace_and_leaves_the_original_alone() -> None:
 
 
 def test_an_evolved_job_is_still_frozen() -> None:
-    evolved = _job().evolve(status=JobStatus.RUNNING)
+    evolved = sample_job().evolve(status=JobStatus.RUNNING)
     with pytest.raises(dataclasses.FrozenInstanceError):
         evolved.status = JobStatus.QUEUED  # type: ignore[misc]
     assert type(evolved) is Job
@@ -74,11 +47,11 @@ def test_an_evolved_job_is_still_frozen() -> None:
 
 def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
     with pytest.raises(TypeError, match="statuss"):
-        _job().evolve(**typing.cast(JobChanges, {"statuss": JobStatus.RUNNING}))
+        sample_job().evolve(**typing.cast(JobChanges, {"statuss": JobStatus.RUNNING}))
 
 
 def test_build_is_the_constructor_with_every_field_given() -> None:
-    job = _job()
+    job = sample_job()
     given = {f.name: getattr(job, f.name) for f in dataclasses.fields(Job)}
     built = Job.build(**given)  # every field, from a plain dict
     assert built == job and type(built) is Job

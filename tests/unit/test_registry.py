@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
+from ait_harness import sample_job
+
+from coordinator.domain.jobs import Job, Requirements
 from coordinator.domain.matching import JobDemand
 from coordinator.hub.registry import MAX_REMEMBERED, MinerConn, MinerRegistry
 from protocol.messages import Advert, GpuInfo, Message, ModelOffer
@@ -28,30 +30,7 @@ def conn(miner_id: str, *offers: tuple[str, int]) -> MinerConn:
 
 
 def job(model: str) -> Job:
-    return Job(
-        job_id="job_1",
-        client_address="client",
-        key_id="key",
-        chain_id="ait-devnet",
-        model=model,
-        status=JobStatus.QUEUED,
-        priority=Priority.NORMAL,
-        requirements=Requirements(),
-        params={},
-        output_config={},
-        input_json='"hi"',
-        input_file_id=None,
-        input_sha256="0" * 64,
-        input_bytes=4,
-        timeout_seconds=60,
-        deadline_ms=60_000,
-        max_price_uait=None,
-        estimated_cost_uait=4,
-        estimated_units=4,
-        estimated_time_seconds=1,
-        created_at_ms=0,
-        updated_at_ms=0,
-    )
+    return dataclasses.replace(sample_job(), model=model, requirements=Requirements())
 
 
 def test_a_connected_miner_is_never_forgotten_however_many_connect_after_it() -> None:
