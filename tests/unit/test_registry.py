@@ -105,3 +105,15 @@ def test_a_busy_miners_heap_stays_bounded_however_many_jobs_it_runs() -> None:
         miner.running.discard(f"job_{i}")
     assert miner.shape is not None and miner.shape.entries() <= 2 * 1 + 64 + 1
     assert registry.plan([JobDemand("j1", "echo")]) == [("j1", "m")]
+
+
+def test_a_miner_whose_socket_fell_behind_is_planned_again_once_it_keeps_up() -> None:
+    keeping_up = {"m": False}
+    miner = conn("m", ("echo", 1))
+    miner.writable = lambda: keeping_up["m"]
+    registry = MinerRegistry()
+    registry.add(miner)
+    demand = [JobDemand("j1", "echo")]
+    assert registry.plan(demand) == []  # left out while its frames pile up unread
+    keeping_up["m"] = True
+    assert registry.plan(demand) == [("j1", "m")]

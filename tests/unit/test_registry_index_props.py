@@ -75,7 +75,7 @@ def by_hand(conns: dict[str, MinerConn]) -> list[MinerSnapshot]:
     ]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     st.lists(st.integers(0, len(ADVERTS) - 1), min_size=len(MINERS), max_size=len(MINERS)),
     st.lists(op, max_size=80),
