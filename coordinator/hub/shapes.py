@@ -161,6 +161,7 @@ class ShapeIndex:
         always did."""
         aside: list[tuple[Shape, MinerConn]] = []
         best: dict[Shape, MinerConn | None] = {}  # each shape's best until a slot is taken
+        taken: list[MinerConn] = []
         groups: dict[str, list[_Planned]] = {}
 
         def alike(model: str) -> list[_Planned]:
@@ -170,11 +171,15 @@ class ShapeIndex:
                 for shape in self._serving.get(model, ()):
                     offer = shape.offer(model)
                     if offer is not None:
-                        found.append(_Planned(shape, offer, best, aside))
+                        found.append(_Planned(shape, offer, best, aside, taken))
             return found
 
         try:
             return plan_alike(jobs, alike, self.free_slots)
+        except BaseException:
+            for conn in taken:  # nobody will claim or give back a plan that failed
+                conn.reserved -= 1
+            raise
         finally:
             for shape, conn in aside:
                 if conn.shape is shape:
@@ -191,12 +196,14 @@ class _Planned:
         offer: ModelOffer,
         best: dict[Shape, MinerConn | None],
         aside: list[tuple[Shape, MinerConn]],
+        taken: list[MinerConn],
     ):
         self.shape = shape
         self.gpus = shape.gpus
         self.offer = offer
         self._best = best
         self._aside = aside
+        self._taken = taken
 
     def _conn(self) -> MinerConn | None:
         shape = self.shape
@@ -215,4 +222,5 @@ class _Planned:
         conn = self._conn()
         assert conn is not None, "take() follows a best() that found a member"
         conn.reserved += 1
+        self._taken.append(conn)
         del self._best[self.shape]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from ait_harness import sample_job
 
 from coordinator.domain.jobs import Job, Requirements
@@ -117,3 +118,22 @@ def test_a_miner_whose_socket_fell_behind_is_planned_again_once_it_keeps_up() ->
     assert registry.plan(demand) == []  # left out while its frames pile up unread
     keeping_up["m"] = True
     assert registry.plan(demand) == [("j1", "m")]
+
+
+class _Unpriceable(dict[str, int]):
+    def get(self, *_args: object, **_kwargs: object) -> int:
+        raise RuntimeError("a demand the plan cannot price")
+
+
+def test_a_plan_that_fails_midway_gives_back_the_slots_it_took() -> None:
+    registry = MinerRegistry()
+    miner = conn("m", ("echo", 1))
+    registry.add(miner)
+    jobs = [
+        JobDemand("j1", "echo", created_ms=1),
+        JobDemand("j2", "echo", created_ms=2, units_by_unit=_Unpriceable()),
+    ]
+    with pytest.raises(RuntimeError):
+        registry.plan(jobs)
+    assert miner.reserved == 0 and registry.free_slots() == 2
+    assert registry.plan(jobs[:1]) == [("j1", "m")]
