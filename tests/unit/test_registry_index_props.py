@@ -85,7 +85,6 @@ def test_the_index_plans_as_the_scheduler_over_every_connection(
 ) -> None:
     registry = MinerRegistry()
     conns: dict[str, MinerConn] = {}
-    checked: Counter[int] = Counter()
     sockets: dict[str, Socket] = {}
     connected = [("connect", m, advert, True) for m, advert in zip(MINERS, first, strict=True)]
     for step in connected + ops:
@@ -131,7 +130,6 @@ def test_the_index_plans_as_the_scheduler_over_every_connection(
         expected = plan(PROBE, by_hand(conns))
         pairs = registry.plan(PROBE)
         assert pairs == expected
-        checked.update([len(pairs)])
         for _, miner_id in pairs:
             conns[miner_id].reserved -= 1
     assert registry.free_slots() == sum(c.free_slots for c in conns.values())
