@@ -73,8 +73,7 @@ class MinerSnapshot:
     def offer(self, model: str) -> ModelOffer | None:
         return self._offers.get(model)
 
-    # Cached: a connection keeps its snapshot while its free slots stay the same
-    # (`MinerConn.snapshot`), and every plan looks these up for every free miner.
+    # Cached: `plan` looks these up for every free miner of every model it plans.
     @cached_property
     def _offers(self) -> dict[str, ModelOffer]:
         offers: dict[str, ModelOffer] = {}

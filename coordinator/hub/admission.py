@@ -44,10 +44,7 @@ class AdmissionDispatch:
         claims: dict[str, ClaimRequest] = {}
         # The plan reserves each slot it gives (MinerConn.reserved): `release` or
         # `deliver` gives it back.
-        for job_id, miner_id in registry.plan([demand_of(j) for j in jobs]):
-            conn = registry.get(miner_id)
-            if conn is None:
-                continue
+        for job_id, conn in registry.plan([demand_of(j) for j in jobs]):
             offer = conn.advert.offer(by_job[job_id].model)
             if offer is None:  # plan() pairs only miners that serve the model
                 conn.reserved -= 1

@@ -101,25 +101,21 @@ class Hub:
         # Claim the whole plan at once: the claims share one group commit instead of
         # waiting for a commit each (docs/benchmarks.md: serial claims capped dispatch).
         # The plan reserved each slot (nothing awaited since); _assign gives it back.
-        claims = []
-        for job_id, miner_id in pairs:
-            conn = self.registry.get(miner_id)
-            if conn is not None:
-                claims.append(self._assign(core, conn, by_id[job_id]))
+        claims = [self._assign(core, conn, by_id[job_id]) for job_id, conn in pairs]
         outcomes = await asyncio.gather(*claims)
         assigned = outcomes.count(ASSIGNED)
         self.backlog = assigned < len(jobs) or len(jobs) == scan
         return (assigned > 0 and len(jobs) == scan) or LOST in outcomes
 
-    def _give_back(self, pairs: list[tuple[str, str]]) -> None:
+    def _give_back(self, pairs: list[tuple[str, MinerConn]]) -> None:
         """The slots a plan reserved and nobody will claim."""
-        for _, miner_id in pairs:
-            conn = self.registry.get(miner_id)
-            if conn is not None:
-                conn.reserved -= 1
+        for _, conn in pairs:
+            conn.reserved -= 1
 
-    async def _plan(self, core: Core, scan: int) -> tuple[list[QueuedJob], list[tuple[str, str]]]:
-        """The first `scan` queued jobs and the (job id, miner id) pairs planned for them,
+    async def _plan(
+        self, core: Core, scan: int
+    ) -> tuple[list[QueuedJob], list[tuple[str, MinerConn]]]:
+        """The first `scan` queued jobs and the (job id, miner) pairs planned for them,
         their slots reserved."""
         jobs = await lifecycle.list_queued(core, scan, self.parsed_queue)
         if not jobs:

@@ -255,9 +255,10 @@ class MinerRegistry:
         """Free slots over every connected miner."""
         return self._index.free_slots
 
-    def plan(self, jobs: Sequence[JobDemand]) -> list[tuple[str, str]]:
-        """The scheduler's pairs for these jobs over the free miners, each slot reserved
-        on its connection; the caller gives back (`reserved -= 1`) what it does not claim."""
+    def plan(self, jobs: Sequence[JobDemand]) -> list[tuple[str, MinerConn]]:
+        """The scheduler's (job id, miner) pairs for these jobs over the free miners, each
+        slot reserved on its connection; the caller gives back (`reserved -= 1`) what it
+        does not claim."""
         return self._index.plan(jobs)
 
     def free_offers(self) -> dict[str, set[ModelOffer]]:

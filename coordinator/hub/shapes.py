@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from coordinator.domain.matching import JobDemand, MinerSnapshot, plan_alike
-from protocol.messages import GpuInfo, ModelOffer
+from protocol.messages import Advert, GpuInfo, ModelOffer
 
 if TYPE_CHECKING:
     from coordinator.hub.registry import MinerConn
@@ -36,20 +36,17 @@ def shape_key(gpus: tuple[GpuInfo, ...], models: tuple[ModelOffer, ...]) -> Shap
 
 
 class Shape:
-    def __init__(
-        self, index: ShapeIndex, gpus: tuple[GpuInfo, ...], models: tuple[ModelOffer, ...]
-    ):
+    def __init__(self, index: ShapeIndex, advert: Advert):
         self.index = index
-        self.gpus = gpus  # the first member's; the others differ at most in utilisation
-        self.models = models
+        # The first member's; the others differ at most in utilisation and version.
+        self.advert = advert
+        self.gpus = advert.gpus
+        self.models = advert.models
         self.members: dict[str, MinerConn] = {}
         self._heap: list[tuple[int, str]] = []
         # miner id -> the free slots of its live entry, its one entry `top` believes; any
         # other entry of it in the heap is superseded and dropped when it surfaces.
         self._live: dict[str, int] = {}
-
-    def offer(self, model: str) -> ModelOffer | None:
-        return next((m for m in self.models if m.name == model), None)
 
     def join(self, conn: MinerConn) -> None:
         self.members[conn.miner_id] = conn
@@ -120,7 +117,7 @@ class ShapeIndex:
         key = shape_key(conn.advert.gpus, conn.advert.models)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = self._shapes[key] = Shape(self, conn.advert.gpus, conn.advert.models)
+            shape = self._shapes[key] = Shape(self, conn.advert)
             for offer in shape.models:
                 self._serving.setdefault(offer.name, []).append(shape)
         conn.shape = shape
@@ -154,11 +151,11 @@ class ShapeIndex:
                     offers.setdefault(offer.name, set()).add(offer)
         return offers
 
-    def plan(self, jobs: Sequence[JobDemand]) -> list[tuple[str, str]]:
-        """`plan_alike` over the free members, each slot it plans reserved on its
-        connection (`MinerConn.reserved`) at once; the caller gives back those it does not
-        claim. A member whose socket is not keeping up is left out, as the dispatcher
-        always did."""
+    def plan(self, jobs: Sequence[JobDemand]) -> list[tuple[str, MinerConn]]:
+        """`plan_alike` over the free members: (job id, connection) pairs, each slot
+        reserved on its connection (`MinerConn.reserved`) at once; the caller gives back
+        those it does not claim. A member whose socket is not keeping up is left out, as
+        the dispatcher always did."""
         aside: list[tuple[Shape, MinerConn]] = []
         best: dict[Shape, MinerConn | None] = {}  # each shape's best until a slot is taken
         taken: list[MinerConn] = []
@@ -169,13 +166,13 @@ class ShapeIndex:
             if found is None:
                 found = groups[model] = []
                 for shape in self._serving.get(model, ()):
-                    offer = shape.offer(model)
+                    offer = shape.advert.offer(model)
                     if offer is not None:
                         found.append(_Planned(shape, offer, best, aside, taken))
             return found
 
         try:
-            return plan_alike(jobs, alike, self.free_slots)
+            pairs = plan_alike(jobs, alike, self.free_slots)
         except BaseException:
             for conn in taken:  # nobody will claim or give back a plan that failed
                 conn.reserved -= 1
@@ -184,6 +181,8 @@ class ShapeIndex:
             for shape, conn in aside:
                 if conn.shape is shape:
                     shape.push(conn)
+        # One take a pair, in order: the connections are those the ids name.
+        return [(job_id, conn) for (job_id, _), conn in zip(pairs, taken, strict=True)]
 
 
 class _Planned:

@@ -84,13 +84,13 @@ def test_the_index_of_free_miners_follows_every_change_of_their_slots() -> None:
     b.reserved += 2
     assert registry.free_slots() == 1
     demand = [JobDemand("j1", "echo"), JobDemand("j2", "echo")]
-    assert registry.plan(demand) == [("j1", "a")]  # the only free slot, now reserved
+    assert registry.plan(demand) == [("j1", a)]  # the only free slot, now reserved
     assert a.reserved == 1 and registry.free_slots() == 0
     a.reserved -= 1
     a.running.discard("job_1")
     b.reserved = 0
     assert registry.free_slots() == 4
-    assert registry.plan(demand) == [("j1", "a"), ("j2", "b")]
+    assert registry.plan(demand) == [("j1", a), ("j2", b)]
     b.draining = True  # reserved slots and draining alike
     assert registry.free_slots() == 1
     registry.remove(a)
@@ -105,7 +105,7 @@ def test_a_busy_miners_heap_stays_bounded_however_many_jobs_it_runs() -> None:
         miner.running.add(f"job_{i}")  # each job that ends pushes an entry
         miner.running.discard(f"job_{i}")
     assert miner.shape is not None and miner.shape.entries() <= 2 * 1 + 64 + 1
-    assert registry.plan([JobDemand("j1", "echo")]) == [("j1", "m")]
+    assert registry.plan([JobDemand("j1", "echo")]) == [("j1", miner)]
 
 
 def test_a_miner_whose_socket_fell_behind_is_planned_again_once_it_keeps_up() -> None:
@@ -117,7 +117,7 @@ def test_a_miner_whose_socket_fell_behind_is_planned_again_once_it_keeps_up() ->
     demand = [JobDemand("j1", "echo")]
     assert registry.plan(demand) == []  # left out while its frames pile up unread
     keeping_up["m"] = True
-    assert registry.plan(demand) == [("j1", "m")]
+    assert registry.plan(demand) == [("j1", miner)]
 
 
 class _Unpriceable(dict[str, int]):
@@ -136,4 +136,4 @@ def test_a_plan_that_fails_midway_gives_back_the_slots_it_took() -> None:
     with pytest.raises(RuntimeError):
         registry.plan(jobs)
     assert miner.reserved == 0 and registry.free_slots() == 2
-    assert registry.plan(jobs[:1]) == [("j1", "m")]
+    assert registry.plan(jobs[:1]) == [("j1", miner)]
