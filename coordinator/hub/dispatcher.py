@@ -38,12 +38,12 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # dispatcher safety net when no wake-up comes
 QUEUE_SCAN = 500  # queued jobs considered per round, at most
-# A round first reads only the head of the queue, this many jobs per free slot (at least
-# SCAN_MIN): under a backlog, reading and parsing 500 rows to fill a few freed slots was
-# 8% of the coordinator (docs/benchmarks.md, round 6). When the head fills fewer slots than
-# are free (its jobs need other miners), the round reads the full QUEUE_SCAN.
-SCAN_PER_SLOT = 4
-SCAN_MIN = 32
+# A round first reads only the head of the queue: a job per free slot and SCAN_SLACK more.
+# Under a backlog, reading 500 rows to fill a few freed slots was 8% of the coordinator
+# (docs/benchmarks.md, round 6), and 4 rows a free slot still read the whole queue of the
+# batch bench each round (round 17). When the head fills fewer slots than are free (its
+# jobs need other miners), the round reads the full QUEUE_SCAN.
+SCAN_SLACK = 32
 MAX_ROUNDS = 10  # planning rounds per wake-up before waiting again
 ASSIGNED, LOST, SKIPPED = "assigned", "lost", "skipped"  # outcomes of one claim
 REAP_MIN_S = 0.05
@@ -87,7 +87,7 @@ class Hub:
         free_slots = self.registry.free_slots()
         if free_slots <= 0:
             return False
-        scan = min(QUEUE_SCAN, max(SCAN_MIN, SCAN_PER_SLOT * free_slots))
+        scan = min(QUEUE_SCAN, free_slots + SCAN_SLACK)
         jobs, pairs = await self._plan(core, scan)
         if len(pairs) < free_slots and len(jobs) == scan < QUEUE_SCAN:
             # The head holds jobs these miners cannot run: look further.

@@ -85,7 +85,7 @@ async def test_cancel_on_one_coordinator_stops_the_miner_on_the_other(
 async def test_runnable_jobs_behind_a_head_no_free_miner_can_run_are_dispatched(
     stack_factory: StackFactory,
 ) -> None:
-    from coordinator.hub.dispatcher import SCAN_MIN
+    from coordinator.hub.dispatcher import SCAN_SLACK
 
     stack = await stack_factory()
     miner_key, _ = await stack.key("miner")
@@ -93,7 +93,7 @@ async def test_runnable_jobs_behind_a_head_no_free_miner_can_run_are_dispatched(
     await stack.daemon(miner_key)  # one slot, no GPU
     # More high-priority jobs than the head scan holds, all for a GPU no miner has ...
     head = {"model": "echo", "input": 1, "priority": "high", "requirements": {"gpu_type": "h100"}}
-    await stack.call("POST", "/v1/jobs/batch", client_key, {"jobs": [head] * (SCAN_MIN + 8)}, 201)
+    await stack.call("POST", "/v1/jobs/batch", client_key, {"jobs": [head] * (SCAN_SLACK + 8)}, 201)
     # ... and behind them a job the miner can run: it still runs.
     runnable = await stack.submit(client_key)
     done = await stack.wait_status(client_key, runnable["job_id"], "completed", within_s=15)
