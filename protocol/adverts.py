@@ -7,6 +7,7 @@ match its sizes. Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -154,3 +155,7 @@ class Advert:
 
     def offer(self, model: str) -> ModelOffer | None:
         return next((m for m in self.models if m.name == model), None)
+
+    @functools.cached_property
+    def model_names(self) -> frozenset[str]:
+        return frozenset(m.name for m in self.models)

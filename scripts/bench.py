@@ -425,6 +425,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
             # The miners' price is 1 uAIT a byte of input (its JSON text); the standby
             # miners' STANDBY_PRICE_UAIT is above this cap, so none is ever eligible.
             job["max_price"] = round(10 * (args.input_bytes + 2) / 1e6, 6)  # AIT
+        unserved = await submit_unserved(session, cluster.url, args.unserved_jobs)
         load = (
             BatchLoad(session, cluster.url, job, args.batch)
             if args.batch
@@ -449,6 +450,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         cpu_after = (cpu_seconds(miner_pids), self_cpu_seconds())
         metrics_after = await scrape_metrics(session, cluster.url)
         load_after = load_average()
+        await cancel_jobs(session, cluster.url, unserved)
         listed = await collect(session, cluster.url, len(load.job_ids), args.drain_seconds)
         jobs = await job_times(session, cluster.url, listed)
         to_miner = await miner_start_ms(session, cluster.url, jobs)
@@ -489,6 +491,27 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         machine_load_average={"before": load_before, "after": load_after},
     )
     return report
+
+
+UNSERVED_MODEL = "bench-unserved"  # a model none of the bench's miners serves
+
+
+async def submit_unserved(session: aiohttp.ClientSession, url: str, count: int) -> list[str]:
+    """`count` jobs for a model no miner serves, queued before the load starts (a market
+    always holds some jobs nobody can run yet); their ids, to cancel after the window."""
+    ids: list[str] = []
+    job = {"model": UNSERVED_MODEL, "input": "x", "timeout_seconds": 3600}
+    for _ in range(count):
+        async with session.post(url + "/v1/jobs", json=job) as response:
+            assert response.status == 201, await response.text()
+            ids.append((await response.json())["job_id"])
+    return ids
+
+
+async def cancel_jobs(session: aiohttp.ClientSession, url: str, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        async with session.delete(f"{url}/v1/jobs/{job_id}") as response:
+            assert response.status == 200, await response.text()
 
 
 async def connect_idle_miners(
@@ -588,6 +611,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0,
         help="K more free miners connected that the jobs' max_price rules out: every plan "
         "weighs them (load modes)",
+    )
+    parser.add_argument(
+        "--unserved-jobs",
+        type=int,
+        default=0,
+        help="K jobs for a model no miner serves, queued before the load and cancelled "
+        "after it (load modes)",
     )
     parser.add_argument("--miner-concurrency", type=int, default=64)
     parser.add_argument("--input-bytes", type=int, default=16)

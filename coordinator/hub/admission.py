@@ -5,9 +5,10 @@ claim after a planning round had read the queue back (docs/benchmarks.md, round 
 nothing is queued, the submit itself plans the new jobs onto the free miners with the
 same scheduler, reserves those slots (`MinerConn.reserved`, which the dispatcher's
 claims use too, so no slot is promised twice) and the admission inserts the jobs already
-leased (`service.jobs.admit_many`, which keeps them queued when some job was queued
-before them or the miner would need an escrow top-up). After the commit the claims are
-sent as the dispatcher sends its own (`Hub.deliver`).
+leased (`service.jobs.admit_many`, which keeps them queued when a job of a model their
+miner serves was queued before them, or the miner would need an escrow top-up). After the
+commit the claims are sent as the dispatcher sends its own (`Hub.deliver`). A queued job
+that no free miner serves (a model nobody offers now) keeps no one else waiting.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class AdmissionDispatch:
         self._sending: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
 
     def reserve(self, jobs: Sequence[Job], lease_ms: int) -> dict[str, ClaimRequest]:
-        if self.hub.backlog or not jobs:
+        waiting = self.hub.waiting_models
+        if waiting is None or not jobs:
             # Jobs wait in the queue: these would only queue behind them, and slots held
             # for them meanwhile would shrink the dispatcher's rounds (docs/benchmarks.md,
             # round 14). The admission's own check stays the rule; this only saves work.
@@ -46,13 +48,16 @@ class AdmissionDispatch:
         # `deliver` gives it back.
         for job_id, conn in registry.plan([demand_of(j) for j in jobs]):
             offer = conn.advert.offer(by_job[job_id].model)
-            if offer is None:  # plan() pairs only miners that serve the model
+            serves = conn.advert.model_names
+            # plan() pairs only miners that serve the model; a job waiting in the queue
+            # that this miner serves goes to it first, through the dispatcher.
+            if offer is None or not waiting.isdisjoint(serves):
                 conn.reserved -= 1
                 continue
             self._held[job_id] = (conn, offer)
             identity = MinerIdentity(conn.miner_id, conn.address, conn.public_key)
             claims[job_id] = ClaimRequest(
-                job_id, identity, offer.price_uait_per_unit, offer.unit, lease_ms
+                job_id, identity, offer.price_uait_per_unit, offer.unit, lease_ms, serves
             )
         return claims
 

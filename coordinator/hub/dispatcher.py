@@ -60,9 +60,11 @@ class Hub:
         self.parsed_queue: lifecycle.QueuedCache = {}
         # job id -> (the parsed row it was built from, the scheduler's view of it)
         self._demand_cache: dict[str, tuple[QueuedJob, JobDemand]] = {}
-        # The last planning round that read the queue left jobs in it: submits then leave
-        # free slots to the dispatcher (admission.py) instead of planning for nothing.
-        self.backlog = False
+        # The models of the jobs the last planning round left queued (None: it did not read
+        # the whole queue). A submit leaves the free slots of miners that serve one of them
+        # to the dispatcher (admission.py) instead of planning for nothing; a job nobody
+        # serves keeps no one else waiting.
+        self.waiting_models: frozenset[str] | None = frozenset()
         self._cancelled: OrderedDict[str, None] = OrderedDict()  # as cancels_forever saw them
 
     @property
@@ -95,7 +97,7 @@ class Hub:
             scan = QUEUE_SCAN
             jobs, pairs = await self._plan(core, scan)
         if not jobs:
-            self.backlog = False
+            self.waiting_models = frozenset()
             return False
         by_id = {j.job_id: j for j in jobs}
         # Claim the whole plan at once: the claims share one group commit instead of
@@ -104,7 +106,15 @@ class Hub:
         claims = [self._assign(core, conn, by_id[job_id]) for job_id, conn in pairs]
         outcomes = await asyncio.gather(*claims)
         assigned = outcomes.count(ASSIGNED)
-        self.backlog = assigned < len(jobs) or len(jobs) == scan
+        if len(jobs) == scan:
+            self.waiting_models = None
+        else:
+            placed = {
+                job_id
+                for (job_id, _), outcome in zip(pairs, outcomes, strict=True)
+                if outcome == ASSIGNED
+            }
+            self.waiting_models = frozenset(j.model for j in jobs if j.job_id not in placed)
         return (assigned > 0 and len(jobs) == scan) or LOST in outcomes
 
     def _give_back(self, pairs: list[tuple[str, MinerConn]]) -> None:

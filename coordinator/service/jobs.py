@@ -96,7 +96,8 @@ async def submit(
     dispatch: AdmissionDispatchProtocol | None = None,
 ) -> Job:
     """Accept a job: price it, insert it and hold its estimate in escrow, in one commit
-    (with `dispatch`, claimed by a free miner in that commit when the queue is empty).
+    (with `dispatch`, claimed by a free miner in that commit unless a job it could run
+    is queued).
     Answers the job as inserted: queued, or running when a miner claimed it."""
     job, file_row = await _priced_job(core, registry, key, req, upload)
     if req.fail_if_unmatched:
@@ -132,8 +133,8 @@ async def submit_batch(
     """Accept every job or none: all are priced, then inserted with their escrow holds in
     one write; if the holds of one chain exceed the available balance nothing is written
     (402). A job with `fail_if_unmatched` that no miner could run refuses the batch (422).
-    With `dispatch`, jobs free miners can take are claimed in that write when the queue is
-    empty. Answers the jobs as inserted, in order."""
+    With `dispatch`, jobs free miners can take are claimed in that write unless jobs
+    those miners could run are queued. Answers the jobs as inserted, in order."""
     priced = [await _priced_job(core, registry, key, req, None) for req in reqs]
     unmatched = [
         (f"jobs.{index}.model", reason)
@@ -313,8 +314,21 @@ class Admission:
     claim: ClaimRequest | None = None
 
 
-# Any job queued, another process's included: jobs admitted then wait their turn.
-_ANY_QUEUED = select(jobs.c.job_id).where(jobs.c.status == JobStatus.QUEUED.value).limit(1)
+# The models of queued jobs, another process's included: a claim made at admission on a
+# miner that serves one of them would pass a job queued before it. Read off the queue
+# index, QUEUED_MODELS_READ rows at most: a longer queue holds every claim back.
+QUEUED_MODELS_READ = 512
+_QUEUED_MODELS = (
+    select(jobs.c.model)
+    .where(jobs.c.status == JobStatus.QUEUED.value)
+    .limit(QUEUED_MODELS_READ + 1)
+)
+
+
+async def _queued_models(conn: AsyncConnection) -> set[str] | None:
+    """The models of the queued jobs; None when more are queued than are read."""
+    models = [row[0] for row in await conn.execute(_QUEUED_MODELS)]
+    return None if len(models) > QUEUED_MODELS_READ else set(models)
 
 
 async def admit_many(conn: AsyncConnection, admissions: Sequence[Admission]) -> list[Job | int]:
@@ -324,9 +338,10 @@ async def admit_many(conn: AsyncConnection, admissions: Sequence[Admission]) -> 
     (nothing of that job is written).
 
     A job with a reserved claim is inserted already leased to that miner (running, one
-    attempt) when no job was queued before these and the miner's price needs no escrow
-    top-up: one commit from submit to dispatch instead of two (docs/architecture.md,
-    "Dispatch at admission"); otherwise it is inserted queued for the dispatcher."""
+    attempt) when no job of a model that miner serves is queued before it and the miner's
+    price needs no escrow top-up: one commit from submit to dispatch instead of two
+    (docs/architecture.md, "Dispatch at admission"); otherwise it is inserted queued for
+    the dispatcher. A queued job that miner cannot serve holds nothing back."""
     now = now_ms()
     holds = [
         ledger_store.HoldRequest(
@@ -337,10 +352,10 @@ async def admit_many(conn: AsyncConnection, admissions: Sequence[Admission]) -> 
     results = await ledger_store.hold_many(conn, holds, now)
     made = zip(admissions, results, strict=True)
     admitted = [a for a, result in made if result == Result.CREATED]
-    claiming = any(a.claim is not None for a in admitted)
-    if claiming and (await conn.execute(_ANY_QUEUED)).first() is not None:
-        claiming = False
-    placed = _placed(admitted, now) if claiming else {a.job.job_id: a.job for a in admitted}
+    if any(a.claim is not None for a in admitted):
+        placed = _placed(admitted, await _queued_models(conn), now)
+    else:
+        placed = {a.job.job_id: a.job for a in admitted}
     answers: list[Job | int] = []
     for admission, result in zip(admissions, results, strict=True):
         job = admission.job
@@ -359,17 +374,21 @@ async def admit_many(conn: AsyncConnection, admissions: Sequence[Admission]) -> 
     return answers
 
 
-def _placed(admitted: Sequence[Admission], now: int) -> dict[str, Job]:
-    """Each job as inserted, by id: leased to its reserved miner when that needs no
-    top-up, taken in queue order (priority, then age) up to the first that stays queued.
-    Later ones stay queued too, so a job leased here never passes one queued beside it
-    (submits coalesced into one commit, planned against slots that freed in between)."""
+def _placed(admitted: Sequence[Admission], queued: set[str] | None, now: int) -> dict[str, Job]:
+    """Each job as inserted, by id, taken in queue order (priority, then age): leased to
+    its reserved miner when that needs no top-up and no job of a model the miner serves is
+    queued (`queued`: their models; None: not known, nothing is leased), else queued. A job
+    that stays queued here counts as queued for the ones after it, so a job leased here
+    never passes one queued beside it (submits coalesced into one commit, planned against
+    slots that freed in between) that its miner could have run."""
     placed: dict[str, Job] = {}
-    blocked = False
     for admission in sorted(admitted, key=lambda a: _queue_order(a.job)):
         job, claim = admission.job, admission.claim
-        leased = None if blocked or claim is None else lease_at_admission(job, claim, now)
-        blocked = leased is None
+        leased = None
+        if claim is not None and queued is not None and queued.isdisjoint(claim.serves):
+            leased = lease_at_admission(job, claim, now)
+        if leased is None and queued is not None:
+            queued.add(job.model)
         placed[job.job_id] = leased or job
     return placed
 

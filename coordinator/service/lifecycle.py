@@ -237,6 +237,9 @@ class ClaimRequest:
     price_uait_per_unit: int
     unit: str
     lease_ms: int
+    # The models the miner serves. At admission, a queued job of any of them keeps this
+    # claim from being made (that job goes to the miner first; service.jobs.admit_many).
+    serves: frozenset[str] = frozenset()
 
 
 async def claim_job(

@@ -1,26 +1,29 @@
 """Dispatch at admission, against a real coordinator (SQLite and PostgreSQL) and real miner
 daemons: with the queue empty, a submit's own commit leases its jobs to free miners, so
 they run with the dispatcher stopped; jobs beyond the free slots, and every job while
-another is queued, wait for the dispatcher. No slot is promised twice, and the ledger
+another its miner serves is queued, wait for the dispatcher (a queued job no free miner
+serves keeps no one waiting). No slot is promised twice, and the ledger
 settles these jobs as it settles the dispatcher's. A lease whose job is cancelled before
 its `assign` is written is not sent at all."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_hub_flow import Stack, stacks, until
+from test_hub_flow import ECHO, Stack, stacks, until
 
 from coordinator.api.jobs import TAKEN_AT_ADMISSION
 from coordinator.hub import HUB
 from coordinator.hub.registry import MinerConn
 from coordinator.service import lifecycle
 from coordinator.service.core import Core
+from coordinator.service.jobs import MAX_BATCH_JOBS, QUEUED_MODELS_READ
 from coordinator.service.lifecycle import MinerIdentity
 
 
@@ -89,13 +92,17 @@ async def test_jobs_beyond_the_free_slots_stay_queued(stack: Stack) -> None:
     assert conn.reserved == 0 and not conn.running
 
 
+# An echo job no miner here can run (no GPU): it stays queued, for a model they serve.
+NEEDS_GPU = {"gpu_type": "h100"}
+
+
 async def test_a_job_queued_before_keeps_later_ones_out_of_free_slots(stack: Stack) -> None:
     miner_key, _ = await stack.key("miner")
     d = await stack.daemon(miner_key)
     client_key, _ = await stack.client(100)
     await stop_dispatcher()
-    # No miner serves "nobody", so it stays queued: jobs admitted after it wait their turn.
-    waiting = await stack.submit(client_key, model="nobody", input="x")
+    # The miner serves echo, so later echo jobs wait their turn behind it.
+    waiting = await stack.submit(client_key, requirements=NEEDS_GPU)
     sub = await stack.submit(client_key)
     await asyncio.sleep(0.3)  # a lease made at admission would have reached the miner
     assert sub["queue_reason"] != TAKEN_AT_ADMISSION
@@ -104,6 +111,64 @@ async def test_a_job_queued_before_keeps_later_ones_out_of_free_slots(stack: Sta
     assert (await stack.job(client_key, waiting["job_id"]))["status"] == "queued"
     conn = conn_of(stack, d.miner_id)
     assert conn.reserved == 0 and not conn.running
+
+
+async def test_a_queued_job_of_any_model_its_miner_serves_keeps_later_ones_out(
+    stack: Stack,
+) -> None:
+    """The miner serves echo and echo-b: a queued echo-b job goes to it before a new echo
+    job, so the echo job is not leased at admission."""
+    miner_key, _ = await stack.key("miner")
+    echo_b = dataclasses.replace(ECHO, name="echo-b")
+    d = await stack.daemon(miner_key, models=(ECHO, echo_b), max_concurrency=2)
+    client_key, _ = await stack.client(100)
+    await stop_dispatcher()
+    await stack.submit(client_key, model="echo-b", requirements=NEEDS_GPU)
+    sub = await stack.submit(client_key)
+    assert sub["queue_reason"] != TAKEN_AT_ADMISSION
+    assert (await stack.job(client_key, sub["job_id"]))["status"] == "queued"
+    assert await _idle(conn_of(stack, d.miner_id))
+
+
+async def test_a_queued_job_no_miner_serves_keeps_no_one_waiting(stack: Stack) -> None:
+    """A job for a model nobody offers waits for a miner that serves it; jobs the free
+    miners can run are still leased in their admission commit, the dispatcher stopped."""
+    miner_key, _ = await stack.key("miner")
+    d = await stack.daemon(miner_key, max_concurrency=3)
+    client_key, _ = await stack.client(100)
+    waiting = await stack.submit(client_key, model="nobody", input="x")
+    hub = stack.app[HUB]
+
+    async def planned() -> bool:  # a dispatcher round read it and left it queued
+        return hub.waiting_models == frozenset({"nobody"})
+
+    await until(planned, 5, "a planning round to leave the job queued")
+    await stop_dispatcher()
+    subs = [await stack.submit(client_key, input={"n": n}) for n in range(3)]
+    assert [s["queue_reason"] for s in subs] == [TAKEN_AT_ADMISSION] * 3
+    for sub in subs:
+        done = await stack.wait_status(client_key, sub["job_id"], "completed", within_s=10)
+        assert done["miner_id"] == d.miner_id and done["attempts"] == 1
+    assert (await stack.job(client_key, waiting["job_id"]))["status"] == "queued"
+    assert await _idle(conn_of(stack, d.miner_id))
+
+
+async def test_a_queue_longer_than_admission_reads_keeps_every_new_job_out(
+    stack: Stack,
+) -> None:
+    """Admission reads the models of QUEUED_MODELS_READ queued jobs at most: past that it
+    cannot know what waits, so it leases nothing, whatever the queued jobs' model."""
+    miner_key, _ = await stack.key("miner")
+    d = await stack.daemon(miner_key)
+    client_key, _ = await stack.client(100)
+    await stop_dispatcher()
+    nobody = {"model": "nobody", "input": "x"}
+    for left in range(QUEUED_MODELS_READ + 1, 0, -MAX_BATCH_JOBS):
+        body = {"jobs": [nobody] * min(left, MAX_BATCH_JOBS)}
+        await stack.call("POST", "/v1/jobs/batch", client_key, body, expect=201)
+    sub = await stack.submit(client_key)
+    assert sub["queue_reason"] != TAKEN_AT_ADMISSION
+    assert await _idle(conn_of(stack, d.miner_id))
 
 
 async def test_admission_and_dispatcher_never_fill_one_slot_twice(stack: Stack) -> None:
@@ -143,21 +208,36 @@ async def test_a_job_leased_at_admission_never_passes_one_queued_beside_it(stack
     await stop_dispatcher()
 
     async def batch(*jobs: tuple[str, str]) -> list[dict[str, Any]]:
-        body = {"jobs": [{"model": m, "input": "x", "priority": p} for m, p in jobs]}
+        """Jobs by (kind, priority); kind "gpu" is an echo job that needs a GPU."""
+        body = {
+            "jobs": [
+                {"model": "echo", "input": "x", "priority": p, "requirements": NEEDS_GPU}
+                if kind == "gpu"
+                else {"model": kind, "input": "x", "priority": p}
+                for kind, p in jobs
+            ]
+        }
         answer = await stack.call("POST", "/v1/jobs/batch", client_key, body, expect=201)
         accepted: list[dict[str, Any]] = answer["jobs"]
         return accepted
 
-    # The "nobody" job goes first in the queue's order and stays queued: the echo job
-    # behind it in the same commit waits too, though the miner is free.
-    nobody, echo = await batch(("nobody", "high"), ("echo", "normal"))
+    # The GPU job goes first in the queue's order and stays queued: the echo job behind it
+    # in the same commit waits too, though the miner is free (it serves echo).
+    gpu, echo = await batch(("gpu", "high"), ("echo", "normal"))
     assert echo["queue_reason"] != TAKEN_AT_ADMISSION
     assert (await stack.job(client_key, echo["job_id"]))["status"] == "queued"
-    for job in (nobody, echo):
+    for job in (gpu, echo):
         await stack.call("DELETE", f"/v1/jobs/{job['job_id']}", client_key)
 
     # Ahead of it in that order, the echo job is leased at once.
-    echo, nobody = await batch(("echo", "high"), ("nobody", "normal"))
+    echo, gpu = await batch(("echo", "high"), ("gpu", "normal"))
+    assert echo["queue_reason"] == TAKEN_AT_ADMISSION
+    await stack.wait_status(client_key, echo["job_id"], "completed", within_s=10)
+    assert (await stack.job(client_key, gpu["job_id"]))["status"] == "queued"
+    await stack.call("DELETE", f"/v1/jobs/{gpu['job_id']}", client_key)
+
+    # A job for a model the miner does not serve holds nothing back, even beside it.
+    nobody, echo = await batch(("nobody", "high"), ("echo", "normal"))
     assert echo["queue_reason"] == TAKEN_AT_ADMISSION
     await stack.wait_status(client_key, echo["job_id"], "completed", within_s=10)
     assert (await stack.job(client_key, nobody["job_id"]))["status"] == "queued"
