@@ -130,9 +130,12 @@ def _offers(miner: dict[str, Any]) -> str:
 
 @app.command()
 @guarded
-def miners(json_out: JsonOpt = False) -> None:
+def miners(
+    model: Annotated[str | None, typer.Option(help="Only miners serving this model.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Connected miners: GPUs, VRAM, models, prices, reputation."""
-    result = run_api(lambda c: c.miners())
+    result = run_api(lambda c: c.miners(model))
     if want_json(json_out):
         emit_json(result)
         return

@@ -401,8 +401,13 @@ class CoordinatorClient:
         path = f"/v1/chain/{_seg(chain_id)}/blocks/{_seg(height)}"
         return dict(await self._json("GET", path))
 
-    async def miners(self) -> dict[str, Any]:
-        return dict(await self._json("GET", "/v1/miners"))
+    async def miners(
+        self, model: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        """Connected miners by id; those serving `model` when given, a page of `limit` from
+        `offset` when given (without `limit`: all of them)."""
+        params = _params(model=model, limit=limit, offset=offset)
+        return dict(await self._json("GET", "/v1/miners", params=params))
 
     async def models(self) -> dict[str, Any]:
         return dict(await self._json("GET", "/v1/models"))

@@ -159,8 +159,10 @@ class Client:
     def block(self, chain_id: str, height: int) -> dict[str, Any]:
         return self._run(self.aio.block(chain_id, height))
 
-    def miners(self) -> dict[str, Any]:
-        return self._run(self.aio.miners())
+    def miners(
+        self, model: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]:
+        return self._run(self.aio.miners(model, limit, offset))
 
     def models(self) -> dict[str, Any]:
         return self._run(self.aio.models())

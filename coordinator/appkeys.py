@@ -40,9 +40,14 @@ class MinerRegistryProtocol(Protocol):
         """Advertised prices for `model` of connected (and known registered) miners: each
         distinct unit and price once."""
 
-    def miners_view(self) -> list[dict[str, Any]]:
-        """`GET /v1/miners` items: miner_id, gpus, models, prices, status, jobs_completed,
-        reputation."""
+    def connected_count(self) -> int:
+        """How many miners are connected to this process."""
+
+    def miners_view(
+        self, model: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """A page of `GET /v1/miners` items (miner_id, gpus, models, prices, status,
+        jobs_completed, reputation) by miner id, of those serving `model` when given."""
 
     def models_view(self) -> list[dict[str, Any]]:
         """`GET /v1/models` items: model, miners online, price range."""

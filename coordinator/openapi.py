@@ -471,7 +471,11 @@ def _paths() -> dict[str, Schema]:
             "parameters": [_path("chain_id"), _path("height", "int")],
             "get": _op("One block", "Block", 404, 422),
         },
-        "/v1/miners": {"get": _op("Connected miners: GPUs, models, prices, reputation", "Miners")},
+        "/v1/miners": {
+            "get": _op("Connected miners: GPUs, models, prices, reputation", "Miners", 422,
+                       params=(_query("model", "str"), _query("limit", _int(1, 10_000)),
+                               _query("offset", {**_int(0), "default": 0}))),
+        },
         "/v1/models": {"get": _op("Models served now, miners online, price range", "Models")},
         "/v1/miners/ws": {
             "get": _op("Miner websocket (upgrade); see docs/protocol.md",

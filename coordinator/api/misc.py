@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from coordinator.api.common import caller, client_caller, json_response
 from coordinator.api.jobs import _read_upload
+from coordinator.api.validate import query_int
 from coordinator.appkeys import DATABASE, METRICS, MINER_REGISTRY
-from coordinator.errors import Unavailable
+from coordinator.errors import Unavailable, ValidationFailed
 from coordinator.service import block_reads
 from coordinator.service import files as file_service
 from coordinator.service import jobs as job_service
@@ -51,24 +50,32 @@ async def upload_file(request: web.Request) -> web.Response:
     )
 
 
-def _registry_view(request: web.Request, name: str) -> list[dict[str, Any]]:
-    registry = request.app.get(MINER_REGISTRY)
-    if registry is None:
-        return []
-    view: list[dict[str, Any]] = getattr(registry, name)()
-    return view
+# A page of `GET /v1/miners` holds at most this many; without `limit`, every miner from
+# `offset` on (the SPEC's plain list).
+MINERS_PAGE_MAX = 10_000
 
 
 @routes.get("/v1/miners")
 async def miners(request: web.Request) -> web.Response:
     caller(request)
-    return json_response({"miners": _registry_view(request, "miners_view")})
+    query = request.query
+    errors: list[tuple[str, str]] = []
+    offset = query_int(query, "offset", 0, 0, 10**9, errors)
+    limit = query_int(query, "limit", 0, 1, MINERS_PAGE_MAX, errors) if query.get("limit") else None
+    model = query.get("model") or None
+    unknown = set(query) - {"limit", "offset", "model"}
+    errors.extend((name, "unknown query parameter") for name in sorted(unknown))
+    if errors:
+        raise ValidationFailed(errors)
+    registry = request.app.get(MINER_REGISTRY)
+    return json_response({"miners": registry.miners_view(model, offset, limit) if registry else []})
 
 
 @routes.get("/v1/models")
 async def models(request: web.Request) -> web.Response:
     caller(request)
-    return json_response({"models": _registry_view(request, "models_view")})
+    registry = request.app.get(MINER_REGISTRY)
+    return json_response({"models": registry.models_view() if registry else []})
 
 
 @routes.get("/healthz")
@@ -116,7 +123,7 @@ async def metrics(request: web.Request) -> web.Response:
     registry = request.app.get(MINER_REGISTRY)
     if registry is not None:
         gauges.append(
-            ("ait_miners_connected", "gauge", "Connected miners.", {}, len(registry.miners_view()))
+            ("ait_miners_connected", "gauge", "Connected miners.", {}, registry.connected_count())
         )
     gauges.extend(await block_reads.chain_gauges(core.db, core.settings))
     commit_help = "Group-commit transactions by seconds taken (first operation to commit)."

@@ -19,7 +19,7 @@ busy miner multiplied, and `top` was 2.5% of the coordinator with two miners).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from coordinator.domain.matching import JobDemand, MinerSnapshot, plan_alike
@@ -43,6 +43,7 @@ class Shape:
         self.gpus = advert.gpus
         self.models = advert.models
         self.members: dict[str, MinerConn] = {}
+        self.free_slots = 0  # over its members; kept by their reports
         self._heap: list[tuple[int, str]] = []
         # miner id -> the free slots of its live entry, its one entry `top` believes; any
         # other entry of it in the heap is superseded and dropped when it surfaces.
@@ -50,10 +51,12 @@ class Shape:
 
     def join(self, conn: MinerConn) -> None:
         self.members[conn.miner_id] = conn
+        self.free_slots += conn.free_slots
         self.push(conn)
 
     def leave(self, conn: MinerConn) -> None:
         del self.members[conn.miner_id]
+        self.free_slots -= conn.free_slots
         self._live.pop(conn.miner_id, None)
 
     def push(self, conn: MinerConn) -> None:
@@ -141,6 +144,10 @@ class ShapeIndex:
 
     def shapes(self) -> Iterable[Shape]:
         return self._shapes.values()
+
+    def serving(self) -> Mapping[str, Sequence[Shape]]:
+        """The shapes that offer each model, by model."""
+        return self._serving
 
     def free_offers(self) -> dict[str, set[ModelOffer]]:
         """The offers of the shapes with a free slot, by model."""

@@ -240,6 +240,8 @@ async def test_miners_and_models(market: Market) -> None:
     assert {"gpus", "models", "status", "jobs_completed", "reputation"} <= miner.keys()
     table = await market.ait("miners")
     assert table.exit_code == 0 and market.miner_id in table.stdout and "echo" in table.stdout
+    assert (await market.ait_json("miners", "--model", "echo")) == miners
+    assert (await market.ait_json("miners", "--model", "gpt2")) == {"miners": []}
     models = await market.ait_json("models")
     assert [m["model"] for m in models["models"]] == ["echo"]
     assert models["models"][0]["miners_online"] == 1

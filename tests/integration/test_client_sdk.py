@@ -205,6 +205,8 @@ async def test_wallet_chain_market_and_operations(stack: Stack) -> None:
         assert blocks and blocks[0]["header"]["height"] == 0
         assert await client.block("ait-devnet", 0) == blocks[0]
         assert (await client.miners())["miners"][0]["models"][0]["name"] == "echo"
+        assert (await client.miners("echo", limit=1, offset=0))["miners"][0]["status"]
+        assert (await client.miners("gpt2"))["miners"] == []
         assert (await client.models())["models"][0]["model"] == "echo"
         assert (await client.health())["status"] == "ok"
         assert await client.openapi() == build_openapi()

@@ -295,7 +295,19 @@ async def test_views_and_one_key_for_many_daemons(stack: Stack) -> None:
     assert by_id[d1.miner_id]["models"][0]["name"] == "echo"
     models = (await stack.call("GET", "/v1/models", stack.admin))["models"]
     echo = next(m for m in models if m["model"] == "echo")
-    assert echo["miners_online"] == 2
+    assert echo["miners_online"] == 2 and echo["free_slots"] == 2
+    # Pages by miner id, of the miners serving a model when asked.
+    first = min(by_id)
+    page = await stack.call("GET", "/v1/miners?limit=1", stack.admin)
+    assert [m["miner_id"] for m in page["miners"]] == [first]
+    page = await stack.call("GET", "/v1/miners?model=echo&offset=1", stack.admin)
+    assert [m["miner_id"] for m in page["miners"]] == [max(by_id)]
+    page = await stack.call("GET", "/v1/miners?model=nobody", stack.admin)
+    assert page == {"miners": []}
+    bad = await stack.call("GET", "/v1/miners?limit=0&colour=red", stack.admin, expect=422)
+    assert {e["field"] for e in bad["errors"]} == {"limit", "colour"}
+    async with stack.http.get(stack.url + "/metrics") as response:
+        assert "\nait_miners_connected 2\n" in await response.text()
 
 
 async def test_requirements_and_queue_reasons(stack: Stack) -> None:

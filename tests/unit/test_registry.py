@@ -137,3 +137,35 @@ def test_a_plan_that_fails_midway_gives_back_the_slots_it_took() -> None:
         registry.plan(jobs)
     assert miner.reserved == 0 and registry.free_slots() == 2
     assert registry.plan(jobs[:1]) == [("j1", miner)]
+
+
+def test_the_miners_view_pages_by_id_and_filters_by_model() -> None:
+    registry = MinerRegistry()
+    for i in (3, 1, 4, 0, 2):
+        offers = [("echo", 1)] if i % 2 else [("echo", 1), ("gpt2", 5)]
+        registry.add(conn(f"m{i}", *offers))
+
+    def ids(items: list[dict[str, object]]) -> list[object]:
+        return [m["miner_id"] for m in items]
+
+    assert ids(registry.miners_view()) == ["m0", "m1", "m2", "m3", "m4"]
+    assert ids(registry.miners_view(offset=1, limit=2)) == ["m1", "m2"]
+    assert ids(registry.miners_view("gpt2", offset=1)) == ["m2", "m4"]
+    assert registry.miners_view("nobody") == []
+    assert registry.connected_count() == 5
+    # What changes while a miner is connected is read from it each time.
+    busy = registry.get("m1")
+    assert busy is not None
+    busy.running.add("j1")
+    busy.running.add("j2")
+    [item] = registry.miners_view(offset=1, limit=1)
+    assert item["status"] == "busy" and item["running_jobs"] == 2
+    assert item["models"] == [
+        {
+            "name": "echo",
+            "runtime": "echo",
+            "unit": "byte",
+            "price": 1e-06,
+            "price_uait_per_unit": 1,
+        }
+    ]

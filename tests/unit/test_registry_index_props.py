@@ -35,6 +35,9 @@ ADVERTS = [
     Advert((GpuInfo("a100-80gb", 80, 2),), (GPT2,), 4, "t"),
 ]
 MINERS = ["m0", "m1", "m2", "m3"]
+MODEL_FIELDS = (
+    "model", "miners_online", "free_slots", "price_min_uait_per_unit", "price_max_uait_per_unit",
+)  # fmt: skip
 PROBE = [
     JobDemand(f"p{i}", model, created_ms=i) for i, model in enumerate(["echo"] * 4 + ["gpt2"] * 3)
 ]
@@ -69,6 +72,24 @@ op = st.one_of(
 
 def ids(pairs: list[tuple[str, MinerConn]]) -> list[tuple[str, str]]:
     return [(job_id, conn.miner_id) for job_id, conn in pairs]
+
+
+def models_by_hand(conns: dict[str, MinerConn]) -> list[dict[str, object]]:
+    """`GET /v1/models` read off every connection, as it was before shapes kept it."""
+    by_model: dict[str, list[tuple[MinerConn, ModelOffer]]] = {}
+    for c in conns.values():
+        for offer in c.advert.models:
+            by_model.setdefault(offer.name, []).append((c, offer))
+    return [
+        {
+            "model": name,
+            "miners_online": len(rows),
+            "free_slots": sum(c.free_slots for c, _ in rows),
+            "price_min_uait_per_unit": min(o.price_uait_per_unit for _, o in rows),
+            "price_max_uait_per_unit": max(o.price_uait_per_unit for _, o in rows),
+        }
+        for name, rows in sorted(by_model.items())
+    ]
 
 
 def by_hand(conns: dict[str, MinerConn]) -> list[MinerSnapshot]:
@@ -129,6 +150,8 @@ def test_the_index_plans_as_the_scheduler_over_every_connection(
             elif kind == "socket":
                 sockets[args[0]].keeping_up = args[1]
         assert registry.free_slots() == sum(c.free_slots for c in conns.values())
+        shown = [{k: m[k] for k in MODEL_FIELDS} for m in registry.models_view()]
+        assert shown == models_by_hand(conns)
         # And a plan now, given back at once: what the dispatcher does with a plan it
         # drops for a longer scan.
         expected = plan(PROBE, by_hand(conns))
