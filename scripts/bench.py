@@ -452,6 +452,8 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         load_after = load_average()
         await cancel_jobs(session, cluster.url, unserved)
         listed = await collect(session, cluster.url, len(load.job_ids), args.drain_seconds)
+        ours = set(load.job_ids)  # the list's last page may reach the unserved jobs
+        listed = [job for job in listed if job["job_id"] in ours]
         jobs = await job_times(session, cluster.url, listed)
         to_miner = await miner_start_ms(session, cluster.url, jobs)
         for ws in standby:
@@ -464,6 +466,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
     writes = grown(metrics_before, metrics_after, "ait_db_writes_total")
     report.update(
         submitted=len(load.job_ids),
+        unserved_jobs=len(unserved),
         jobs_per_request=round(len(load.job_ids) / load.requests, 1) if load.requests else None,
         errors=load.errors,
         client_submit_to_done_ms={

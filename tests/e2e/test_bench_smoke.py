@@ -19,7 +19,7 @@ BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
     [
         [],
         ["--batch", "10", "--coordinator-python", sys.executable],
-        ["--batch", "10", "--offered-rate", "200"],
+        ["--batch", "10", "--offered-rate", "200", "--unserved-jobs", "2"],
     ],
     ids=["one-job-a-request", "batch", "open-loop-batch"],
 )
@@ -33,6 +33,9 @@ def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     assert report["submitted"] > 0
     assert report["statuses"] == {"completed": report["submitted"]}
     assert report["settled_jobs_per_s"] > 0
+    # Jobs for a model no miner serves wait through the window, are cancelled after it
+    # and are left out of the figures.
+    assert report["unserved_jobs"] == (2 if "--unserved-jobs" in mode else 0)
     # Every request carries a whole batch, in the open loop too (it once sent batches of 1).
     assert report["jobs_per_request"] == (10.0 if "--batch" in mode else 1.0)
     assert report["submit_to_dispatch_ms"]["p99"] is not None
