@@ -34,10 +34,14 @@ class AdmissionDispatch:
 
     def reserve(self, jobs: Sequence[Job], lease_ms: int) -> dict[str, ClaimRequest]:
         waiting = self.hub.waiting_models
-        if waiting is None or not jobs:
-            # Jobs wait in the queue: these would only queue behind them, and slots held
-            # for them meanwhile would shrink the dispatcher's rounds (docs/benchmarks.md,
-            # round 14). The admission's own check stays the rule; this only saves work.
+        # A job of a model that waits in the queue would only queue behind it (any miner
+        # that could take it serves that model), and slots held for it meanwhile would
+        # shrink the dispatcher's rounds (docs/benchmarks.md, round 14). The admission's
+        # own check stays the rule; this only saves work.
+        if waiting is None:
+            return {}
+        jobs = [j for j in jobs if j.model not in waiting]
+        if not jobs:
             return {}
         registry = self.hub.registry
         if registry.free_slots() <= 0:
