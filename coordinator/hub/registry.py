@@ -429,11 +429,3 @@ class MinerRegistry:
 
 def _miner_id(conn: MinerConn) -> str:
     return conn.miner_id
-
-
-def _status(conn: MinerConn) -> str:
-    if not conn.resumed:
-        return "connecting"
-    if conn.draining:
-        return "draining"
-    return "idle" if conn.free_slots else "busy"
