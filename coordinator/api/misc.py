@@ -108,6 +108,8 @@ async def metrics(request: web.Request) -> web.Response:
     gauges.append(
         ("ait_db_writes_total", "counter", "Write operations committed.", {}, writer.operations)
     )
+    reruns_help = "Group commits run again, a savepoint per write, after a write raised."
+    gauges.append(("ait_db_commit_reruns_total", "counter", reruns_help, {}, writer.reruns))
     coalescers = sorted(core.db.coalescers().items())
     for family, help_text, counter in (  # each family's lines together
         (

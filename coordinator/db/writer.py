@@ -2,9 +2,17 @@
 
 Measured on this project, one SQLAlchemy+aiosqlite transaction per write gave 574 jobs/s
 end to end against about 3,000 with group commit: the commit (fsync, WAL append) is the
-cost, so it is shared. Each operation runs inside its own SAVEPOINT, so one failing
-operation rolls back only itself and its waiter alone gets the exception; the others
-commit. Results are handed out only after the commit succeeded.
+cost, so it is shared. One failing operation must not fail the others: a batch first
+runs with no savepoints, and should an operation raise, that transaction rolls back and
+the batch runs again with each operation inside its own SAVEPOINT, so the one at fault
+rolls back alone and its waiter alone gets the exception; the others commit. (Operations
+are written to be run again: the coalescer's reuses what it took, and each reads what it
+decides on inside its transaction.) Results are handed out only after the commit succeeded.
+
+Savepoints only when an operation fails: on PostgreSQL each SAVEPOINT and RELEASE is a
+round trip, 4 of a typical commit's ~16, and a round trip waits its turn on a busy event
+loop (~1.2 ms under the bench), so they were a quarter of a commit's time and of the
+time a job spends waiting for its commits (docs/benchmarks.md, round 18).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class GroupWriter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed (for /metrics)
         self.operations = 0
+        self.reruns = 0  # batches run again with savepoints after an operation raised
         self.commit_seconds = Histogram(COMMIT_SECONDS_BOUNDS)
 
     @property
@@ -98,6 +107,25 @@ class GroupWriter:
                 await self._commit(live)
 
     async def _commit(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        values: list[Any] = []
+        try:
+            async with self._transaction() as conn:
+                for item in batch:
+                    values.append(await item.op(conn))
+        except Exception as exc:
+            if len(batch) == 1:  # its transaction was its savepoint
+                _settle(batch[0].future, False, exc)
+                return
+            self.reruns += 1
+            await self._commit_isolated(batch)
+            return
+        self._committed(batch, started)
+        for item, value in zip(batch, values, strict=True):
+            _settle(item.future, True, value)
+
+    async def _commit_isolated(self, batch: list[_Item]) -> None:
+        """The batch again, each operation in a savepoint of one transaction."""
         outcomes: list[tuple[_Item, bool, Any]] = []
         started = time.perf_counter()
         try:
@@ -119,11 +147,14 @@ class GroupWriter:
                 return
             _settle(batch[0].future, False, exc)
             return
+        self._committed(batch, started)
+        for item, ok, value in outcomes:
+            _settle(item.future, ok, value)
+
+    def _committed(self, batch: list[_Item], started: float) -> None:
         self.commit_seconds.observe(time.perf_counter() - started)
         self.batches += 1
         self.operations += len(batch)
-        for item, ok, value in outcomes:
-            _settle(item.future, ok, value)
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

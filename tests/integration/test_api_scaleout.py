@@ -99,14 +99,15 @@ async def test_writer_batches_and_isolates_failures(
     coordinator_factory: CoordinatorFactory,
 ) -> None:
     """Operations queued together commit in one transaction; one that raises rolls back
-    alone (its savepoint) and only its waiter sees the exception."""
+    alone (the batch runs again, a savepoint per operation) and only its waiter sees the
+    exception; what the others wrote lands once."""
     from sqlalchemy import func, select
 
     from coordinator.db.schema import api_keys
 
     c = await coordinator_factory()
     writer = c.db.writer
-    before = writer.batches
+    before, reruns_before = writer.batches, writer.reruns
 
     def insert(i: int, fail: bool):  # type: ignore[no-untyped-def]
         async def op(conn):  # type: ignore[no-untyped-def]
@@ -135,15 +136,27 @@ async def test_writer_batches_and_isolates_failures(
         else:
             assert result == i
     assert writer.batches - before <= 2  # queued together, committed together
-    async with c.db.read() as conn:
-        count = (
-            await conn.execute(
-                select(func.count())
-                .select_from(api_keys)
-                .where(api_keys.c.key_id.in_([f"k{i}" for i in range(50)]))
+    assert 1 <= writer.reruns - reruns_before <= writer.batches - before
+
+    async def count_keys() -> int:
+        async with c.db.read() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(api_keys)
+                        .where(api_keys.c.key_id.in_([f"k{i}" for i in range(80)]))
+                    )
+                ).scalar_one()
             )
-        ).scalar_one()
-    assert count == 45
+
+    assert await count_keys() == 45
+    # A batch in which nothing raises commits on its first run.
+    reruns_before = writer.reruns
+    results = await asyncio.gather(*(c.db.write(insert(i, fail=False)) for i in range(50, 80)))
+    assert results == list(range(50, 80))
+    assert writer.reruns == reruns_before
+    assert await count_keys() == 75
 
 
 async def test_listen_connection_comes_back(
