@@ -86,7 +86,7 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     db = request.app[DATABASE]
-    if not db.writer.running:
+    if not all(writer.running for writer in db.writers):
         raise Unavailable("the database writer is not running")
     try:
         await db.ping()
@@ -101,15 +101,18 @@ async def metrics(request: web.Request) -> web.Response:
     gauges: list[tuple[str, str, str, dict[str, str], float]] = []
     for status, count in (await job_service.count_by_status(core)).items():
         gauges.append(("ait_jobs", "gauge", "Jobs by status.", {"status": status}, count))
-    writer = core.db.writer
-    gauges.append(
-        ("ait_db_commits_total", "counter", "Group-commit transactions.", {}, writer.batches)
-    )
-    gauges.append(
-        ("ait_db_writes_total", "counter", "Write operations committed.", {}, writer.operations)
-    )
-    reruns_help = "Group commits run again, a savepoint per write, after a write raised."
-    gauges.append(("ait_db_commit_reruns_total", "counter", reruns_help, {}, writer.reruns))
+    writers = core.db.writers  # summed: on PostgreSQL the claims commit on a second one
+    for name, help_text, counter in (
+        ("ait_db_commits_total", "Group-commit transactions.", "batches"),
+        ("ait_db_writes_total", "Write operations committed.", "operations"),
+        (
+            "ait_db_commit_reruns_total",
+            "Group commits run again, a savepoint per write, after a write raised.",
+            "reruns",
+        ),
+    ):
+        total = sum(getattr(writer, counter) for writer in writers)
+        gauges.append((name, "counter", help_text, {}, total))
     coalescers = sorted(core.db.coalescers().items())
     for family, help_text, counter in (  # each family's lines together
         (
@@ -129,7 +132,7 @@ async def metrics(request: web.Request) -> web.Response:
         )
     gauges.extend(await block_reads.chain_gauges(core.db, core.settings))
     commit_help = "Group-commit transactions by seconds taken (first operation to commit)."
-    histograms = [("ait_db_commit_seconds", commit_help, writer.commit_seconds)]
+    histograms = [("ait_db_commit_seconds", commit_help, writers[0].commit_seconds)]
     text = request.app[METRICS].render(gauges, histograms)
     return web.Response(
         text=text,

@@ -28,6 +28,21 @@ R = TypeVar("R")  # its answer
 # Writes `requests` in the caller's transaction; one answer per request, in order.
 RunMany = Callable[[AsyncConnection, Sequence[I]], Awaitable[list[R]]]
 Write = Callable[[WriteOp[Any]], Awaitable[Any]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OWN_WRITER: set[Callable[..., Any]] = set()
+
+
+def own_writer(run_many: F) -> F:
+    """Declare `run_many` safe to commit beside other transactions (as it must be when
+    several coordinator processes share a database): on PostgreSQL its operations get a
+    group-commit writer of their own (`coordinator.db.database`)."""
+    _OWN_WRITER.add(run_many)
+    return run_many
+
+
+def wants_own_writer(run_many: Callable[..., Any]) -> bool:
+    return run_many in _OWN_WRITER
 
 
 @dataclass
@@ -118,4 +133,4 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
         future.set_exception(error)
 
 
-__all__ = ["Coalescer", "RunMany"]
+__all__ = ["Coalescer", "RunMany", "own_writer", "wants_own_writer"]

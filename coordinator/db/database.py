@@ -5,6 +5,13 @@ reader connection that WAL lets read while a write is in progress
 (`coordinator.db.sqlite_sync`). PostgreSQL: one pooled async engine whose connections run
 the hot statements straight on asyncpg (`coordinator.db.pg_prepared`); claims use
 `FOR UPDATE SKIP LOCKED` so several coordinator processes share the queue.
+
+Writes go through group-commit writers (`coordinator.db.writer`): one on SQLite, whose
+database has one write lock; on PostgreSQL a second one commits the coalesced operations
+declared `own_writer` (the dispatcher's claims) beside the first one's transactions, as
+another coordinator process's would. Under the bench a claim otherwise
+waited for the commit in progress and then its own (~20 ms each there, round trips on a
+busy loop), and a miner's free slot with it (docs/benchmarks.md, round 18).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from coordinator.db.coalesce import Coalescer, RunMany
+from coordinator.db.coalesce import Coalescer, RunMany, wants_own_writer
 from coordinator.db.migrations import migrate
 from coordinator.db.pg_prepared import PreparedConnection
 from coordinator.db.sqlite_long_reads import LongReadConnection, LongReads
@@ -52,7 +59,17 @@ class Database:
             self.dialect = engine.dialect.name  # "postgresql"
             self._transaction = engine_transaction(engine, PreparedConnection)
         self.writer = GroupWriter(self._transaction)
+        self._own_writer = self.writer
+        if sqlite is None:
+            self._own_writer = GroupWriter(self._transaction, self.writer.commit_seconds)
         self._coalescers: dict[Any, Coalescer[Any, Any]] = {}
+
+    @property
+    def writers(self) -> tuple[GroupWriter, ...]:
+        """Every group-commit writer: the main one first (for /metrics and /readyz)."""
+        if self._own_writer is self.writer:
+            return (self.writer,)
+        return (self.writer, self._own_writer)
 
     @property
     def is_postgres(self) -> bool:
@@ -82,7 +99,8 @@ class Database:
             await self._dispose()
             raise
         if start_writer:
-            self.writer.start()
+            for writer in self.writers:
+                writer.start()
         if self._sqlite is not None:
             self._sqlite.start_checkpoints()
 
@@ -94,7 +112,8 @@ class Database:
         return db
 
     async def close(self) -> None:
-        await self.writer.stop()
+        for writer in reversed(self.writers):
+            await writer.stop()
         await self._dispose()
 
     async def _dispose(self) -> None:
@@ -143,10 +162,12 @@ class Database:
         return {run_many.__name__: c for run_many, c in self._coalescers.items()}
 
     def coalescer(self, run_many: RunMany[Request, Answer]) -> Coalescer[Request, Answer]:
-        """The one coalescer for `run_many` on this database (its counters: /metrics)."""
+        """The one coalescer for `run_many` on this database (its counters: /metrics),
+        on the second writer when `run_many` is declared `own_writer`."""
         coalescer = self._coalescers.get(run_many)
         if coalescer is None:
-            coalescer = self._coalescers[run_many] = Coalescer(self.write, run_many)
+            write = self._own_writer.submit if wants_own_writer(run_many) else self.write
+            coalescer = self._coalescers[run_many] = Coalescer(write, run_many)
         return coalescer
 
     async def ping(self) -> None:

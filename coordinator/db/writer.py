@@ -55,7 +55,12 @@ class _Item:
 
 
 class GroupWriter:
-    def __init__(self, transaction: Transaction, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        transaction: Transaction,
+        commit_seconds: Histogram | None = None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
         self._transaction = transaction
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(MAX_QUEUE)
@@ -63,7 +68,8 @@ class GroupWriter:
         self.batches = 0  # transactions committed (for /metrics)
         self.operations = 0
         self.reruns = 0  # batches run again with savepoints after an operation raised
-        self.commit_seconds = Histogram(COMMIT_SECONDS_BOUNDS)
+        # Shared by a database's writers: /metrics has one histogram of its commits.
+        self.commit_seconds = commit_seconds or Histogram(COMMIT_SECONDS_BOUNDS)
 
     @property
     def running(self) -> bool:

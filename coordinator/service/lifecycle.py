@@ -24,6 +24,7 @@ from chain import store as ledger_store
 from chain.ledger import Result
 from chain.store import padded
 from coordinator.db import schema
+from coordinator.db.coalesce import own_writer
 from coordinator.db.planner import no_index
 from coordinator.domain.jobs import (
     TERMINAL,
@@ -267,6 +268,7 @@ async def claim_job(
     return job
 
 
+@own_writer  # safe beside other writes: it must be beside other processes' claims
 async def claim_many(conn: AsyncConnection, requests: Sequence[ClaimRequest]) -> list[Job | None]:
     """Claims in the caller's transaction, judged in order as if made one after the other
     (a job goes to the first request for it), with one read and one write of the jobs

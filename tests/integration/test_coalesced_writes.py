@@ -237,3 +237,42 @@ async def test_submits_made_together_hold_in_order(
     _, page, _ = await call(http, "GET", coordinator.url + "/v1/jobs", client)
     assert sorted(j["job_id"] for j in page["jobs"]) == sorted(j.job_id for j in admitted)
     assert await coordinator.balance_uait(client.address) == (500_000, 2_000_000)
+
+
+async def test_claims_commit_beside_a_write_in_progress(
+    setup: tuple[Coordinator, KeyInfo, KeyInfo], http: aiohttp.ClientSession
+) -> None:
+    """On PostgreSQL a claim does not wait for the write the main writer has open (it has a
+    writer of its own, as another process's claim would); SQLite has one write lock, so
+    there it commits after that write."""
+    coordinator, client, miner_key = setup
+    core = Core.of(coordinator.app)
+    status, job, _ = await call(
+        http, "POST", coordinator.url + "/v1/jobs", client, json={"model": "m", "input": "x"}
+    )
+    assert status == 201
+    job_id = str(job["job_id"])
+    miner = Miner(miner_key.address)
+    commits_before = sum(writer.batches for writer in core.db.writers)
+    async with writer_busy(core.db):
+        claim = asyncio.create_task(lifecycle.claim_job(core, job_id, miner.identity, 1, "token"))
+        if core.db.is_postgres:
+            claimed = await asyncio.wait_for(claim, 10)
+            assert claimed is not None and claimed.status == "running"
+            assert (await lifecycle.get_job(core, job_id)).status == "running"  # type: ignore[union-attr]
+        else:
+            for _ in range(50):  # every turn the loop has: the writer holds the one lock
+                await asyncio.sleep(0)
+            assert not claim.done()
+    claimed = await claim
+    assert claimed is not None and claimed.miner_id == miner.identity.miner_id
+    assert len(core.db.writers) == (2 if core.db.is_postgres else 1)
+    assert core.db.writers[-1].batches >= 1
+    commits_after = sum(writer.batches for writer in core.db.writers)
+    assert commits_after >= commits_before + 2  # the held write and the claim
+    async with http.get(coordinator.url + "/metrics") as response:
+        text = await response.text()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+    commits = samples["ait_db_commits_total"]  # both writers' commits, in one histogram
+    assert commits_after <= int(commits) <= sum(writer.batches for writer in core.db.writers)
+    assert samples['ait_db_commit_seconds_bucket{le="+Inf"}'] == commits
