@@ -72,6 +72,11 @@ class GroupWriter:
         self.commit_seconds = commit_seconds or Histogram(COMMIT_SECONDS_BOUNDS)
 
     @property
+    def waiting(self) -> int:
+        """Operations queued for a transaction not yet begun."""
+        return self._queue.qsize()
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
