@@ -49,12 +49,13 @@ def setup_hub(app: web.Application) -> None:
     hub = Hub(app, registry)
     app[MINER_REGISTRY] = registry
     app[HUB] = hub
-    app[ADMISSION_DISPATCH] = AdmissionDispatch(hub)
+    admission = AdmissionDispatch(hub)
+    app[ADMISSION_DISPATCH] = admission
     app.router.add_get("/v1/miners/ws", miner_ws)
 
     async def run_hub(app: web.Application) -> AsyncIterator[None]:
         await remember_registered(app, registry)
-        async for _ in hub_tasks(app, hub):
+        async for _ in hub_tasks(app, hub, admission.sent):
             yield
 
     app.cleanup_ctx.append(run_hub)

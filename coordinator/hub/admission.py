@@ -85,6 +85,11 @@ class AdmissionDispatch:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
+    async def sent(self) -> None:
+        """Once every claim made at admission so far has been sent (or given back)."""
+        if self._sending:
+            await asyncio.wait(set(self._sending))
+
     async def _send(self, sends: list[tuple[tuple[MinerConn, ModelOffer], Job]]) -> None:
         hub = self.hub
         core = hub.core

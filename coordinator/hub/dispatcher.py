@@ -18,9 +18,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -51,6 +52,11 @@ REAP_MAX_S = 1.0
 # Cancelled job ids kept for `deliver`. A lease and its send are milliseconds apart, and a
 # cancel is final (a cancelled or timed-out job is never leased again).
 RECENT_CANCELS = 4096
+# At shutdown the hub waits this long for the dispatcher's round in progress and for the
+# sends of claims made at admission. The miners are disconnected by then, so a claim that
+# commits is given back to the queue (`Hub.deliver`) instead of waiting for its lease to
+# run out; the database closes after the hub.
+STOP_DRAIN_S = 5.0
 
 
 class Hub:
@@ -66,6 +72,7 @@ class Hub:
         # serves keeps no one else waiting.
         self.waiting_models: frozenset[str] | None = frozenset()
         self._cancelled: OrderedDict[str, None] = OrderedDict()  # as cancels_forever saw them
+        self.stopping = False  # set at shutdown: the dispatcher ends after its round
 
     @property
     def core(self) -> Core:
@@ -74,14 +81,15 @@ class Hub:
     # -- dispatcher -------------------------------------------------------------------
     async def dispatch_forever(self) -> None:
         core = self.core
-        while True:
+        while not self.stopping:
             try:
                 for _ in range(MAX_ROUNDS):
-                    if not await self.dispatch_once(core):
+                    if self.stopping or not await self.dispatch_once(core):
                         break
             except Exception:
                 log.exception("dispatch round failed; retrying")
-            await core.bus.wait_for_work(POLL_S)
+            if not self.stopping:
+                await core.bus.wait_for_work(POLL_S)
 
     async def dispatch_once(self, core: Core) -> bool:
         """One planning round; True when another round may place more: the scan was full,
@@ -274,14 +282,26 @@ def _reason_text(reason: str) -> str:
     }.get(reason, reason)
 
 
-async def hub_tasks(app: web.Application, hub: Hub) -> AsyncIterator[None]:
-    """cleanup_ctx body: run the three loops for the app's lifetime."""
+async def hub_tasks(
+    app: web.Application, hub: Hub, sends: Callable[[], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """cleanup_ctx body: run the three loops for the app's lifetime. At its end (the
+    miners are disconnected by then) the dispatcher finishes its round and `sends` (the
+    claims made at admission) finish, each within STOP_DRAIN_S, before anything is
+    cancelled: a claim cancelled between its commit and its send would keep its job
+    leased to a miner that never got it."""
+    dispatcher = asyncio.create_task(hub.dispatch_forever(), name="ait-dispatcher")
     tasks = [
-        asyncio.create_task(hub.dispatch_forever(), name="ait-dispatcher"),
+        dispatcher,
         asyncio.create_task(hub.reap_forever(), name="ait-lease-reaper"),
         asyncio.create_task(hub.cancels_forever(), name="ait-cancel-listener"),
     ]
     yield
+    hub.stopping = True
+    hub.core.bus.wake()
+    await asyncio.wait([dispatcher], timeout=STOP_DRAIN_S)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(sends(), STOP_DRAIN_S)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
