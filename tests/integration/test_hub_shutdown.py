@@ -6,12 +6,13 @@ attempt when its miner resumes elsewhere)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from ait_harness import NO_RATE_LIMITS, Coordinator
+from ait_harness import NO_RATE_LIMITS, Coordinator, KeyInfo
 from api_helpers import call
 from sqlalchemy import select
 from test_hub_faults import RawMiner
@@ -21,6 +22,8 @@ from coordinator.app import create_app
 from coordinator.db import schema
 from coordinator.db.database import Database
 from coordinator.hub import HUB
+from coordinator.hub.dispatcher import Hub
+from coordinator.hub.registry import MinerConn
 from coordinator.settings import Settings
 from protocol.messages import Release
 
@@ -36,9 +39,29 @@ class _Held:
         await self.leave.wait()
 
 
-async def test_a_claim_committed_as_the_coordinator_stops_goes_back_to_the_queue(
-    db_url: str, tmp_path: Path, http: aiohttp.ClientSession
-) -> None:
+@dataclasses.dataclass
+class _Running:
+    """A coordinator this test stops itself, a funded client and one resumed raw miner."""
+
+    runner: web.AppRunner
+    url: str
+    coordinator: Coordinator
+    hub: Hub
+    client: KeyInfo
+    miner: RawMiner
+    conn: MinerConn
+    stopping: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        """What the server's exit does: close the miners' sockets, finish the requests in
+        flight, stop the hub, close the database."""
+        self.stopping = asyncio.create_task(self.runner.cleanup())
+
+    async def miner_gone(self) -> bool:
+        return self.hub.registry.get(self.conn.miner_id) is None
+
+
+async def _start(db_url: str, tmp_path: Path) -> _Running:
     settings = Settings(
         data_dir=tmp_path / "data", db=db_url, rate_limits=NO_RATE_LIMITS, **HUB_SETTINGS
     )
@@ -47,23 +70,29 @@ async def test_a_claim_committed_as_the_coordinator_stops_goes_back_to_the_queue
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    coordinator = Coordinator(url, settings, app)
+    miner_key = await coordinator.create_key("miner")
+    client = await coordinator.create_key("client")
+    await coordinator.fund(client.address, 100)
+    miner = await RawMiner.connect(url, miner_key.api_key)
+    hub = app[HUB]
+    conn = hub.registry.get(miner.welcome.miner_id)
+    assert conn is not None
+    running = _Running(runner, url, coordinator, hub, client, miner, conn)
+    await until(lambda: _true(conn.resumed), 5, "the miner to resume")
+    return running
+
+
+async def test_a_claim_committed_as_the_coordinator_stops_goes_back_to_the_queue(
+    db_url: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     gate, hold = _Held(), _Held()
-    stopping: asyncio.Task[None] | None = None
+    r = await _start(db_url, tmp_path)
+    conn = r.conn
     try:
-        coordinator = Coordinator(url, settings, app)
-        miner_key = await coordinator.create_key("miner")
-        client = await coordinator.create_key("client")
-        await coordinator.fund(client.address, 100)
-        miner = await RawMiner.connect(url, miner_key.api_key)
-        hub = app[HUB]
-        miner_id = miner.welcome.miner_id
-        conn = hub.registry.get(miner_id)
-        assert conn is not None
-        await until(lambda: _true(conn.resumed), 5, "the miner to resume")
-        await miner.send(Release((), "test", draining=True))  # it takes no job for now
-        await until(lambda: _true(conn.draining), 5, "the miner to drain")
+        await _release(r, draining=True)  # it takes no job for now
         status, job, _ = await call(
-            http, "POST", url + "/v1/jobs", client, json={"model": "echo", "input": {"n": 1}}
+            http, "POST", r.url + "/v1/jobs", r.client, json={"model": "echo", "input": 1}
         )
         assert status == 201, job
         job_id = str(job["job_id"])
@@ -71,39 +100,31 @@ async def test_a_claim_committed_as_the_coordinator_stops_goes_back_to_the_queue
         # The claims' writer (on SQLite the only one) is kept busy by `gate`, so the
         # dispatcher's claim queues behind it, and `hold` behind the claim: the claim then
         # runs in a transaction that `hold` keeps open.
-        db = coordinator.db
+        db = r.coordinator.db
         writer = db.writers[-1]
         gating = asyncio.create_task(writer.submit(gate.op))
         await asyncio.wait_for(gate.entered.wait(), 10)
-        await miner.send(Release((), "test", draining=False))  # free: the dispatcher plans
+        await _release(r, draining=False)  # free: the dispatcher plans
         await until(lambda: _true(writer.waiting == 1), 5, "the dispatcher's claim to queue")
+        assert conn.reserved == 1
         holding = asyncio.create_task(writer.submit(hold.op))
         gate.leave.set()
         await gating
         await asyncio.wait_for(hold.entered.wait(), 10)
         assert await _job(db, job_id) == ("queued", None, 0)  # the claim is not committed
 
-        stopping = asyncio.create_task(runner.cleanup())
-        # The coordinator closes the miners' sockets, then stops its hub; only then does
-        # the claim commit, for a miner that is gone.
-        await until(
-            lambda: _true(hub.registry.get(miner_id) is None and hub.stopping),
-            10,
-            "the miner to be gone and the hub to stop",
-        )
+        await r.stop()
+        # The miners' sockets are closed, then the hub stops; only then does the claim
+        # commit, for a miner that is gone.
+        await until(r.miner_gone, 10, "the miner to go")
+        await until(lambda: _true(r.hub.stopping), 10, "the hub to stop")
         hold.leave.set()
         await holding
-        await asyncio.wait_for(stopping, 20)
+        assert r.stopping is not None
+        await asyncio.wait_for(r.stopping, 20)
     finally:
-        gate.leave.set()
-        hold.leave.set()
-        if stopping is None:
-            await runner.cleanup()
-    reopened = await Database.open(db_url)
-    try:
-        assert await _job(reopened, job_id) == ("queued", None, 1)  # claimed, given back
-    finally:
-        await reopened.close()
+        await _finish(r, gate, hold)
+    assert await _job_after(db_url, job_id) == ("queued", None, 1)  # claimed, given back
 
 
 async def test_a_lease_made_at_admission_as_the_coordinator_stops_goes_back_to_the_queue(
@@ -111,58 +132,46 @@ async def test_a_lease_made_at_admission_as_the_coordinator_stops_goes_back_to_t
 ) -> None:
     """The same for a submit whose commit leases its job to a free miner (dispatch at
     admission): the commit lands after the miners were disconnected."""
-    settings = Settings(
-        data_dir=tmp_path / "data", db=db_url, rate_limits=NO_RATE_LIMITS, **HUB_SETTINGS
-    )
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     gate, hold = _Held(), _Held()
-    stopping: asyncio.Task[None] | None = None
+    r = await _start(db_url, tmp_path)
     try:
-        coordinator = Coordinator(url, settings, app)
-        miner_key = await coordinator.create_key("miner")
-        client = await coordinator.create_key("client")
-        await coordinator.fund(client.address, 100)
-        miner = await RawMiner.connect(url, miner_key.api_key)
-        hub = app[HUB]
-        miner_id = miner.welcome.miner_id
-        conn = hub.registry.get(miner_id)
-        assert conn is not None
-        await until(lambda: _true(conn.free_slots == 1), 5, "the miner to resume")
-
-        writer = coordinator.db.writer  # the submits' writer
+        writer = r.coordinator.db.writer  # the submits' writer
         gating = asyncio.create_task(writer.submit(gate.op))
         await asyncio.wait_for(gate.entered.wait(), 10)
         submit = asyncio.create_task(
-            call(http, "POST", url + "/v1/jobs", client, json={"model": "echo", "input": 1})
+            call(http, "POST", r.url + "/v1/jobs", r.client, json={"model": "echo", "input": 1})
         )
         await until(lambda: _true(writer.waiting == 1), 5, "the admission to queue")
-        assert conn.reserved == 1  # the admission plans the job onto the free miner
+        assert r.conn.reserved == 1  # the admission plans the job onto the free miner
         holding = asyncio.create_task(writer.submit(hold.op))
         gate.leave.set()
         await gating
         await asyncio.wait_for(hold.entered.wait(), 10)
 
-        stopping = asyncio.create_task(runner.cleanup())
-        await until(lambda: _true(hub.registry.get(miner_id) is None), 10, "the miner to go")
+        await r.stop()
+        await until(r.miner_gone, 10, "the miner to go")
         hold.leave.set()
         await holding
         status, job, _ = await submit
         assert status == 201, job
-        await asyncio.wait_for(stopping, 20)
+        assert r.stopping is not None
+        await asyncio.wait_for(r.stopping, 20)
     finally:
-        gate.leave.set()
-        hold.leave.set()
-        if stopping is None:
-            await runner.cleanup()
-    reopened = await Database.open(db_url)
-    try:
-        assert await _job(reopened, str(job["job_id"])) == ("queued", None, 1)
-    finally:
-        await reopened.close()
+        await _finish(r, gate, hold)
+    assert await _job_after(db_url, str(job["job_id"])) == ("queued", None, 1)
+
+
+async def _release(r: _Running, *, draining: bool) -> None:
+    """The miner's `release` frame with no jobs: it stops or resumes taking new ones."""
+    await r.miner.send(Release((), "test", draining=draining))
+    await until(lambda: _true(r.conn.draining == draining), 5, f"draining={draining}")
+
+
+async def _finish(r: _Running, *held: _Held) -> None:
+    for each in held:
+        each.leave.set()
+    if r.stopping is None:
+        await r.runner.cleanup()
 
 
 async def _job(db: Database, job_id: str) -> tuple[str, int | None, int]:
@@ -176,6 +185,15 @@ async def _job(db: Database, job_id: str) -> tuple[str, int | None, int]:
             )
         ).one()
     return row.status, row.lease_expires_at_ms, row.attempts
+
+
+async def _job_after(db_url: str, job_id: str) -> tuple[str, int | None, int]:
+    """The job as the stopped coordinator left it in the database."""
+    db = await Database.open(db_url)
+    try:
+        return await _job(db, job_id)
+    finally:
+        await db.close()
 
 
 async def _true(value: bool) -> bool:
