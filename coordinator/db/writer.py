@@ -10,9 +10,8 @@ are written to be run again: the coalescer's reuses what it took, and each reads
 decides on inside its transaction.) Results are handed out only after the commit succeeded.
 
 Savepoints only when an operation fails: on PostgreSQL each SAVEPOINT and RELEASE is a
-round trip, 4 of a typical commit's ~16, and a round trip waits its turn on a busy event
-loop (~1.2 ms under the bench), so they were a quarter of a commit's time and of the
-time a job spends waiting for its commits (docs/benchmarks.md, round 18).
+round trip, 4 of a typical commit's ~14 under the bench, and on SQLite two statements an
+operation (docs/benchmarks.md, round 18).
 """
 
 from __future__ import annotations
