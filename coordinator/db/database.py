@@ -59,17 +59,11 @@ class Database:
             self.dialect = engine.dialect.name  # "postgresql"
             self._transaction = engine_transaction(engine, PreparedConnection)
         self.writer = GroupWriter(self._transaction)
-        self._own_writer = self.writer
+        # Every group-commit writer, the main one first; the last takes `own_writer` work.
+        self.writers: tuple[GroupWriter, ...] = (self.writer,)
         if sqlite is None:
-            self._own_writer = GroupWriter(self._transaction, self.writer.commit_seconds)
+            self.writers += (GroupWriter(self._transaction, self.writer.commit_seconds),)
         self._coalescers: dict[Any, Coalescer[Any, Any]] = {}
-
-    @property
-    def writers(self) -> tuple[GroupWriter, ...]:
-        """Every group-commit writer: the main one first (for /metrics and /readyz)."""
-        if self._own_writer is self.writer:
-            return (self.writer,)
-        return (self.writer, self._own_writer)
 
     @property
     def is_postgres(self) -> bool:
@@ -166,7 +160,7 @@ class Database:
         on the second writer when `run_many` is declared `own_writer`."""
         coalescer = self._coalescers.get(run_many)
         if coalescer is None:
-            write = self._own_writer.submit if wants_own_writer(run_many) else self.write
+            write = self.writers[-1].submit if wants_own_writer(run_many) else self.write
             coalescer = self._coalescers[run_many] = Coalescer(write, run_many)
         return coalescer
 
