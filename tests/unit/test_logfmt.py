@@ -29,3 +29,13 @@ def test_a_line_without_extra_fields_is_the_plain_format() -> None:
     assert KeyValueFormatter(LINE_FORMAT).format(record) == logging.Formatter(LINE_FORMAT).format(
         record
     )
+
+
+def test_the_time_is_the_default_shape_as_the_seconds_change_and_come_back() -> None:
+    # The formatter keeps the last second's text: a record of another second must not
+    # reuse it, and one logged late (an earlier second) must not either.
+    ours, stdlib = KeyValueFormatter(LINE_FORMAT), logging.Formatter(LINE_FORMAT)
+    for created in (0.5, 0.999, 1.0, 1.25, 86_400.007, 0.004):
+        record = _record()
+        record.created, record.msecs = created, (created - int(created)) * 1000 // 1
+        assert ours.format(record) == stdlib.format(record)
