@@ -12,8 +12,13 @@ def now_ms() -> int:
 
 
 def iso_ms(ms: int | None) -> str | None:
-    if ms is None:
-        return None
+    return None if ms is None else _iso(ms)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _iso(ms: int) -> str:
+    # A job's times are formatted again for each view of it (its submit's answer, each
+    # status event on a stream: ~20 a job), and a job's times share their milliseconds.
     return _iso_seconds(ms // 1000) + f"{ms % 1000:03d}Z"
 
 
