@@ -169,6 +169,13 @@ class Job:
         if fields.keys() != _JOB_FIELDS:
             missing, unknown = _JOB_FIELDS - fields.keys(), fields.keys() - _JOB_FIELDS
             raise TypeError(f"Job.build: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        return cls.from_fields(fields)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Job:
+        """`build` for a mapping whose keys are known to be exactly `Job`'s fields, each of
+        its type: unchecked, for a reader that checked its column names once (the keys
+        check and the keyword copy were ~3.5 us of a ~12 us row read; round 19)."""
         job = object.__new__(cls)
         job.__dict__.update(fields)
         return job
