@@ -88,10 +88,9 @@ async def readyz(request: web.Request) -> web.Response:
     db = request.app[DATABASE]
     if not all(writer.running for writer in db.writers):
         raise Unavailable("the database writer is not running")
-    try:
-        await db.ping()
-    except Exception as exc:
-        raise Unavailable(f"database unreachable: {type(exc).__name__}") from None
+    problem = await db.unusable_because()
+    if problem is not None:
+        raise Unavailable(problem)
     return json_response({"status": "ready", "database": db.dialect})
 
 

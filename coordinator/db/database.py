@@ -21,13 +21,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import text
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from coordinator.db.coalesce import Coalescer, RunMany, wants_own_writer
-from coordinator.db.migrations import migrate
+from coordinator.db.migrations import LATEST_VERSION, migrate
 from coordinator.db.pg_prepared import PreparedConnection
+from coordinator.db.schema import schema_version
 from coordinator.db.sqlite_long_reads import LongReadConnection, LongReads
 from coordinator.db.sqlite_sync import SqliteStore
 from coordinator.db.writer import GroupWriter, Transaction, WriteOp, engine_transaction, run_alone
@@ -38,6 +39,7 @@ Answer = TypeVar("Answer")
 
 PG_POOL_SIZE = 32  # connections kept open per coordinator process
 PG_POOL_OVERFLOW = 0  # a burst waits for one instead of opening (and closing) more
+_SCHEMA_VERSION = select(func.max(schema_version.c.version))
 
 
 class Database:
@@ -164,9 +166,21 @@ class Database:
             coalescer = self._coalescers[run_many] = Coalescer(write, run_many)
         return coalescer
 
-    async def ping(self) -> None:
-        async with self.read() as conn:
-            await conn.execute(text("SELECT 1"))
+    async def unusable_because(self) -> str | None:
+        """Why this process cannot use the database now, in one sentence, or None: it does
+        not answer, or a coordinator of a newer release migrated it while this one ran
+        (this one's statements may no longer fit the tables). One read."""
+        try:
+            async with self.read() as conn:
+                version = int((await conn.execute(_SCHEMA_VERSION)).scalar_one() or 0)
+        except Exception as exc:
+            return f"database unreachable: {type(exc).__name__}"
+        if version > LATEST_VERSION:
+            return (
+                f"database schema version {version} is newer than this coordinator "
+                f"({LATEST_VERSION}); upgrade the coordinator"
+            )
+        return None
 
     @property
     def asyncpg_dsn(self) -> str:

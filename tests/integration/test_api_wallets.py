@@ -5,7 +5,11 @@ from __future__ import annotations
 import aiohttp
 from ait_harness import Coordinator, KeyInfo
 from api_helpers import call
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.db.migrations import LATEST_VERSION
+from coordinator.db.schema import schema_version
 from protocol.keys import public_key_hex
 
 
@@ -156,3 +160,33 @@ async def test_readyz_is_503_without_a_writer(
         assert resp.headers["Content-Type"].startswith("application/problem+json")
         assert (await resp.json(content_type=None))["type"] == "unavailable"
     assert (await call(http, "GET", coordinator.url + "/healthz"))[0] == 200
+
+
+async def test_readyz_is_503_while_a_newer_coordinator_owns_the_schema(
+    coordinator: Coordinator, http: aiohttp.ClientSession
+) -> None:
+    """A rolling upgrade: a coordinator of a newer release migrates the shared database
+    while this one still runs. This one stops answering ready (its statements may no
+    longer fit the tables), and is ready again if the newer version is gone."""
+    newer = LATEST_VERSION + 1
+
+    async def stamp(conn: AsyncConnection) -> None:
+        await conn.execute(
+            schema_version.insert(), {"version": newer, "name": "from a newer release",
+                                      "applied_at_ms": 0},
+        )  # fmt: skip
+
+    async def unstamp(conn: AsyncConnection) -> None:
+        await conn.execute(delete(schema_version).where(schema_version.c.version == newer))
+
+    assert (await call(http, "GET", coordinator.url + "/readyz"))[0] == 200
+    await coordinator.db.write(stamp)
+    async with http.get(coordinator.url + "/readyz") as resp:
+        assert resp.status == 503
+        assert resp.headers["Content-Type"].startswith("application/problem+json")
+        problem = await resp.json(content_type=None)
+    assert problem["type"] == "unavailable"
+    assert f"database schema version {newer} is newer than this coordinator" in problem["detail"]
+    assert (await call(http, "GET", coordinator.url + "/healthz"))[0] == 200
+    await coordinator.db.write(unstamp)
+    assert (await call(http, "GET", coordinator.url + "/readyz"))[0] == 200
