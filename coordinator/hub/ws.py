@@ -156,7 +156,7 @@ class Session:
         return True
 
     async def _write_frame(self, frame: str) -> None:
-        """Write one frame (of up to MAX_BATCH_MESSAGES messages) within the time its size
+        """Write one frame (up to MAX_BATCH_MESSAGES messages) within the time its size
         allows, else cut the miner off: the frame's senders, and those queued behind it,
         hear ConnectionResetError. One deadline a frame, not one a message: entering and
         leaving `asyncio.timeout` cost ~7 us, twice a job (round 19)."""
