@@ -294,9 +294,13 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
 
 def _to_json(msg: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
-    for f in fields(msg):
-        value = getattr(msg, f.name)
-        if isinstance(value, Advert):
+    kind = type(msg)
+    names = _FIELD_NAMES.get(kind) or _FIELD_NAMES.setdefault(kind, _field_names(msg))
+    for name in names:
+        value = getattr(msg, name)
+        if value is None or isinstance(value, str | int):
+            pass  # the common case first: the checks below are ABC and class lookups
+        elif isinstance(value, Advert):
             value = value.to_json()
         elif isinstance(value, tuple):
             value = list(value)
@@ -304,8 +308,16 @@ def _to_json(msg: Message) -> dict[str, Any]:
             value = dict(value)
         if value is None:
             continue
-        out[f.name] = value
+        out[name] = value
     return out
+
+
+# By message type: dataclasses.fields() builds its tuple on every call (~1.5 us a message).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(msg: Message) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(msg))
 
 
 def encode(msg: Message) -> str:
