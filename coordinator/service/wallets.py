@@ -86,8 +86,12 @@ async def history(
     may_read(key, address)
     if chain_id:
         chain_or_422(core, chain_id)
+    chains = None
+    if not chain_id and core.db.dialect == "sqlite":  # see history_statements
+        async with core.db.read() as conn:
+            chains = await ledger_store.address_chains(conn, address)
     count, page = ledger_store.history_statements(
-        core.db.dialect, address, chain_id or None, from_ms, to_ms, limit, offset
+        core.db.dialect, address, chain_id or None, from_ms, to_ms, limit, offset, chains
     )
     async with core.db.read_long() as conn:  # a count grows with the history
         total = int((await conn.execute(count)).scalar_one())
