@@ -358,20 +358,20 @@ async def job_times(
 RECEIPT_SAMPLE = 1_000  # completed jobs whose receipts are read (after the load window)
 
 
-async def miner_start_ms(
-    session: aiohttp.ClientSession, url: str, jobs: list[dict[str, Any]]
-) -> dict[str, float | None]:
-    """p50/p99 of submit -> the miner's own start (its receipt's `started_at`, same host
-    clock), over an even sample of the completed jobs. `started_at` of the job is when it
-    was leased, inside the commit that leases it; this is when the miner had it."""
+async def miner_start_waits(
+    session: aiohttp.ClientSession, url: str, jobs: list[dict[str, Any]], sample: int
+) -> list[float]:
+    """Submit -> the miner's own start (its receipt's `started_at`, same host clock), in
+    ms, over an even sample of the completed jobs. `started_at` of the job is when it was
+    leased, inside the commit that leases it; this is when the miner had it."""
     done = [j for j in jobs if j["status"] == "completed"]
-    step = max(1, len(done) // RECEIPT_SAMPLE)
+    step = max(1, len(done) // max(1, sample))
     waits: list[float] = []
     for job in done[::step]:
         async with session.get(f"{url}/v1/jobs/{job['job_id']}/receipt") as response:
             receipt = (await response.json())["receipt"]
         waits.append(parse_iso_ms(receipt["started_at"]) - parse_iso_ms(job["created_at"]))
-    return {"p50": percentile(waits, 0.5), "p99": percentile(waits, 0.99)}
+    return waits
 
 
 def summarize(jobs: list[dict[str, Any]], window: tuple[float, float]) -> dict[str, Any]:
@@ -402,22 +402,41 @@ def summarize(jobs: list[dict[str, Any]], window: tuple[float, float]) -> dict[s
     }
 
 
+def _headers(client: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {client['api_key']}", "Content-Type": "application/json"}
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` as evenly as whole numbers go."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
 async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
-    client, miner = cluster.key("client"), cluster.key("miner")
+    clients = [cluster.key("client") for _ in range(args.wallets)]
+    miner = cluster.key("miner")
     cluster.start_coordinator()
     for index in range(args.miners):
         cluster.start_miner(index, miner["api_key"])
-    headers = {"Authorization": f"Bearer {client['api_key']}", "Content-Type": "application/json"}
     # Keep-alive connections, bounded: an unbounded pool opens a socket per request in
     # open loop, and the connection churn costs both sides more than the requests.
     connector = aiohttp.TCPConnector(limit=args.http_connections)
-    async with aiohttp.ClientSession(cluster.url, headers=headers, connector=connector) as session:
-        session._base_url = None  # full URLs below
+    async with contextlib.AsyncExitStack() as stack:
+        # One session a wallet (its key in the headers), all on the one pool of connections.
+        sessions = [
+            await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    headers=_headers(each), connector=connector, connector_owner=index == 0
+                )
+            )
+            for index, each in enumerate(clients)
+        ]
+        session = sessions[0]
         await wait_ready(session, cluster, args.miners)
-        faucet = {"address": client["address"], "amount": 1000}
-        for _ in range(args.faucet_calls):
-            async with session.post(cluster.url + "/v1/faucet", json=faucet) as response:
-                assert response.status in (200, 201), await response.text()
+        for each, wallet in zip(clients, sessions, strict=True):
+            faucet = {"address": each["address"], "amount": 1000}
+            for _ in range(args.faucet_calls):
+                async with wallet.post(cluster.url + "/v1/faucet", json=faucet) as response:
+                    assert response.status in (200, 201), await response.text()
         job: dict[str, Any] = {"model": "echo", "input": "x" * args.input_bytes}
         standby: list[Any] = []
         if args.standby_miners:
@@ -426,11 +445,14 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
             # miners' STANDBY_PRICE_UAIT is above this cap, so none is ever eligible.
             job["max_price"] = round(10 * (args.input_bytes + 2) / 1e6, 6)  # AIT
         unserved = await submit_unserved(session, cluster.url, args.unserved_jobs)
-        load = (
-            BatchLoad(session, cluster.url, job, args.batch)
+        # A load a wallet: its clients (or its share of the offered rate) submit with its
+        # key and read its jobs' ends off its own streams.
+        loads = [
+            BatchLoad(wallet, cluster.url, job, args.batch)
             if args.batch
-            else Load(session, cluster.url, job)
-        )
+            else Load(wallet, cluster.url, job)
+            for wallet in sessions
+        ]
         assert cluster.coordinator is not None
         miner_pids = [m.pid for m in cluster.miners]
         before = proc_stats(cluster.coordinator.pid)
@@ -441,37 +463,56 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         start = time.time()
         until = time.monotonic() + args.duration
         if args.offered_rate:
-            await load.open_loop(args.offered_rate, until)
+            rate = args.offered_rate / len(loads)
+            await asyncio.gather(*(load.open_loop(rate, until) for load in loads))
         else:
-            await load.closed_loop(args.concurrency, until)
-        await load.stop()
+            shares = _shares(args.concurrency, len(loads))
+            await asyncio.gather(
+                *(load.closed_loop(n, until) for load, n in zip(loads, shares, strict=True))
+            )
+        await asyncio.gather(*(load.stop() for load in loads))
         end = time.time()
         after = proc_stats(cluster.coordinator.pid)
         cpu_after = (cpu_seconds(miner_pids), self_cpu_seconds())
         metrics_after = await scrape_metrics(session, cluster.url)
         load_after = load_average()
         await cancel_jobs(session, cluster.url, unserved)
-        listed = await collect(session, cluster.url, len(load.job_ids), args.drain_seconds)
-        ours = set(load.job_ids)  # the list's last page may reach the unserved jobs
-        listed = [job for job in listed if job["job_id"] in ours]
-        jobs = await job_times(session, cluster.url, listed)
-        to_miner = await miner_start_ms(session, cluster.url, jobs)
+        jobs, waits = [], []
+        for wallet, load in zip(sessions, loads, strict=True):
+            listed = await collect(wallet, cluster.url, len(load.job_ids), args.drain_seconds)
+            ours = set(load.job_ids)  # the list's last page may reach the unserved jobs
+            listed = [job for job in listed if job["job_id"] in ours]
+            timed = await job_times(wallet, cluster.url, listed)
+            jobs += timed
+            sample = RECEIPT_SAMPLE // len(loads)
+            waits += await miner_start_waits(wallet, cluster.url, timed, sample)
         for ws in standby:
             await ws.close()
     report = summarize(jobs, (start, end))
-    report["submit_to_miner_start_ms"] = to_miner
+    report["submit_to_miner_start_ms"] = {
+        "p50": percentile(waits, 0.5),
+        "p99": percentile(waits, 0.99),
+    }
+    submitted = sum(len(load.job_ids) for load in loads)
+    requests = sum(load.requests for load in loads)
+    errors: dict[str, int] = {}
+    for load in loads:
+        for kind, count in load.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+    client_latency_ms = [ms for load in loads for ms in load.client_latency_ms]
     settled = max(1.0, report["settled_jobs_per_s"] * (end - start))
     coordinator_cpu_s = after["cpu_s"] - before["cpu_s"]
     commits = grown(metrics_before, metrics_after, "ait_db_commits_total")
     writes = grown(metrics_before, metrics_after, "ait_db_writes_total")
     report.update(
-        submitted=len(load.job_ids),
+        submitted=submitted,
+        wallets=len(loads),
         unserved_jobs=len(unserved),
-        jobs_per_request=round(len(load.job_ids) / load.requests, 1) if load.requests else None,
-        errors=load.errors,
+        jobs_per_request=round(submitted / requests, 1) if requests else None,
+        errors=errors,
         client_submit_to_done_ms={
-            "p50": percentile(load.client_latency_ms, 0.5),
-            "p99": percentile(load.client_latency_ms, 0.99),
+            "p50": percentile(client_latency_ms, 0.5),
+            "p99": percentile(client_latency_ms, 0.99),
         },
         coordinator={
             "cpu_percent": round(100 * coordinator_cpu_s / (end - start), 1),
@@ -625,6 +666,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--miner-concurrency", type=int, default=64)
     parser.add_argument("--input-bytes", type=int, default=16)
     parser.add_argument("--faucet-calls", type=int, default=1)
+    parser.add_argument(
+        "--wallets",
+        type=int,
+        default=1,
+        help="client keys (wallets) the load is spread over: each its own clients (closed "
+        "loop) or share of the rate (open loop), its own event streams and account rows",
+    )
     parser.add_argument("--connections", type=int, default=0, help="connections mode: K miners")
     parser.add_argument("--smoke", action="store_true", help="3 s, 1 miner, 4 clients (CI)")
     parser.add_argument("--profile", default="", help="run the coordinator under cProfile")
@@ -641,6 +689,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--drain-seconds", type=float, default=120.0, help="wait this long for the backlog"
     )
     args = parser.parse_args(argv)
+    if args.wallets < 1 or (not args.offered_rate and args.wallets > args.concurrency):
+        parser.error("--wallets takes 1 to --concurrency wallets (each needs a client)")
     if not 0 <= args.batch <= 100:
         parser.error("--batch takes 1 to 100 jobs a request (0: one job a request)")
     if args.coordinator_python and not os.access(args.coordinator_python, os.X_OK):

@@ -18,10 +18,10 @@ BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
     "mode",
     [
         [],
-        ["--batch", "10", "--coordinator-python", sys.executable],
+        ["--batch", "10", "--coordinator-python", sys.executable, "--wallets", "2"],
         ["--batch", "10", "--offered-rate", "200", "--unserved-jobs", "2"],
     ],
-    ids=["one-job-a-request", "batch", "open-loop-batch"],
+    ids=["one-job-a-request", "batch-two-wallets", "open-loop-batch"],
 )
 def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     done = subprocess.run(
@@ -31,7 +31,9 @@ def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     report = json.loads(done.stdout)
     assert report["errors"] == {}
     assert report["submitted"] > 0
+    # With several wallets, every wallet's jobs are found and counted.
     assert report["statuses"] == {"completed": report["submitted"]}
+    assert report["wallets"] == (2 if "--wallets" in mode else 1)
     assert report["settled_jobs_per_s"] > 0
     # Jobs for a model no miner serves wait through the window, are cancelled after it
     # and are left out of the figures.
