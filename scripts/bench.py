@@ -689,8 +689,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--drain-seconds", type=float, default=120.0, help="wait this long for the backlog"
     )
     args = parser.parse_args(argv)
-    if args.wallets < 1 or (not args.offered_rate and args.wallets > args.concurrency):
-        parser.error("--wallets takes 1 to --concurrency wallets (each needs a client)")
     if not 0 <= args.batch <= 100:
         parser.error("--batch takes 1 to 100 jobs a request (0: one job a request)")
     if args.coordinator_python and not os.access(args.coordinator_python, os.X_OK):
@@ -698,6 +696,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.smoke:
         args.duration, args.miners, args.concurrency = 3.0, 1, 4
         args.miner_concurrency = 4
+    if args.wallets < 1 or (not args.offered_rate and args.wallets > args.concurrency):
+        parser.error("--wallets takes 1 to --concurrency wallets (each needs a client)")
     return args
 
 

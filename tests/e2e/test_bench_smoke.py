@@ -66,6 +66,19 @@ def test_bench_refuses_a_coordinator_python_that_is_not_there(tmp_path: Path) ->
     assert done.stdout == ""
 
 
+def test_bench_refuses_more_wallets_than_clients() -> None:
+    # The smoke's 4 clients, not the default 64: a wallet without a client submits nothing.
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--wallets", "8"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--wallets takes 1 to --concurrency wallets" in done.stderr
+    assert done.stdout == ""
+
+
 def test_seal_bench_times_full_blocks_stored_by_the_real_sealer() -> None:
     seal_bench = BENCH.with_name("bench_seal.py")
     done = subprocess.run(
