@@ -36,15 +36,24 @@ RECONNECT_MAX_S = 10.0
 # processes; they read the job themselves).
 JOB_SNAPSHOT = "_job"
 # Key of the job's owner (its client address) in an event sent to other processes, when
-# the publisher knew the job: a stream of one client's jobs skips others' without a read.
+# the publisher knew the job: the receiving bus offers it to that client's streams only.
 JOB_OWNER = "_owner"
 
 
-class Subscription:
-    """A bounded queue of events for one job (or all jobs when `job_id` is None)."""
+# What a subscription receives: ("job", job_id) that job's events; ("owner", address) the
+# status and progress events of that client's jobs; EVERY all events; CANCELS the cancel
+# notices only. Events are offered to the topics they match only: a client's stream of its
+# jobs no longer wakes for every other client's job (docs/benchmarks.md, round 20).
+Topic = tuple[str, str | None]
+EVERY: Topic = ("every", None)
+CANCELS: Topic = ("cancels", None)
 
-    def __init__(self, bus: JobBus, job_id: str | None, queue_size: int) -> None:
-        self.job_id = job_id
+
+class Subscription:
+    """A bounded queue of the events of one topic (`Topic`)."""
+
+    def __init__(self, bus: JobBus, topic: Topic, queue_size: int) -> None:
+        self.topic = topic
         self._bus = bus
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
         self.dropped = 0  # events dropped so far because the subscriber fell behind
@@ -76,7 +85,7 @@ class Subscription:
 
 class JobBus:
     def __init__(self) -> None:
-        self._subs: dict[str | None, set[Subscription]] = {}
+        self._subs: dict[Topic, set[Subscription]] = {}
         self._wake = asyncio.Event()
         self._origin = f"{os.getpid()}:{id(self)}"
         # How this process's own events begin (orjson keeps the key order of `publish`):
@@ -100,38 +109,67 @@ class JobBus:
         `job`: the job as this change committed it; local subscribers get it under
         `JOB_SNAPSHOT` (so a stream need not read it back), other processes do not."""
         event = {**event, "job_id": job_id}
-        self._deliver(event if job is None else {**event, JOB_SNAPSHOT: job})
+        owner = getattr(job, "client_address", None)
+        self._deliver(event if job is None else {**event, JOB_SNAPSHOT: job}, owner)
         if self._pg is not None:
-            owner = getattr(job, "client_address", None)
             remote = event if owner is None else {**event, JOB_OWNER: owner}
             payload = orjson.dumps({"origin": self._origin, "event": remote}).decode()
             if len(payload) <= MAX_NOTIFY_BYTES:
                 self._spawn_notify(EVENTS_CHANNEL, payload)
 
-    def _deliver(self, event: dict[str, Any]) -> None:
-        for key in (event.get("job_id"), None):
-            for sub in tuple(self._subs.get(key, ())):
+    def _deliver(self, event: dict[str, Any], owner: object) -> None:
+        subs = self._subs
+        if not subs:
+            return
+        topics: list[Topic] = [("job", event.get("job_id")), EVERY]
+        if event.get("type") == "cancel":
+            topics.append(CANCELS)
+        elif isinstance(owner, str):
+            topics.append(("owner", owner))
+        else:  # published without its job: every client's stream checks it itself
+            topics += [topic for topic in subs if topic[0] == "owner"]
+        for topic in topics:
+            for sub in tuple(subs.get(topic, ())):
                 sub._put(event)
 
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, job_id: str | None, queue_size: int = SUBSCRIPTION_QUEUE
+        self,
+        job_id: str | None,
+        queue_size: int = SUBSCRIPTION_QUEUE,
+        *,
+        owner: str | None = None,
     ) -> AsyncIterator[Subscription]:
-        """Events of one job, or of every job with `job_id=None` (the hub's cancel feed, a
-        client's stream of all its jobs); at most `queue_size` kept unread."""
-        sub = Subscription(self, job_id, queue_size)
-        self._subs.setdefault(job_id, set()).add(sub)
+        """Events of one job; with `job_id=None`, the status and progress events of every
+        job of `owner` (a client's stream of all its jobs), or every event when `owner` is
+        None too (an admin's stream); at most `queue_size` kept unread."""
+        topic: Topic = ("job", job_id) if job_id is not None else EVERY
+        if job_id is None and owner is not None:
+            topic = ("owner", owner)
+        async with self._subscribed(topic, queue_size) as sub:
+            yield sub
+
+    def subscribe_cancels(
+        self, queue_size: int = SUBSCRIPTION_QUEUE
+    ) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """The cancel notices only (the hub's: which miner to tell to stop)."""
+        return self._subscribed(CANCELS, queue_size)
+
+    @contextlib.asynccontextmanager
+    async def _subscribed(self, topic: Topic, queue_size: int) -> AsyncIterator[Subscription]:
+        sub = Subscription(self, topic, queue_size)
+        self._subs.setdefault(topic, set()).add(sub)
         try:
             yield sub
         finally:
             sub.close()
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subs.get(sub.job_id)
+        subs = self._subs.get(sub.topic)
         if subs is not None:
             subs.discard(sub)
             if not subs:
-                del self._subs[sub.job_id]
+                del self._subs[sub.topic]
 
     # -- wake-ups -------------------------------------------------------------------------
     def wake(self) -> None:
@@ -211,8 +249,9 @@ class JobBus:
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return
-        if message.get("origin") != self._origin and isinstance(message.get("event"), dict):
-            self._deliver(message["event"])
+        event = message.get("event")
+        if message.get("origin") != self._origin and isinstance(event, dict):
+            self._deliver(event, event.get(JOB_OWNER))
 
     def _spawn_notify(self, channel: str, payload: str) -> None:
         self._outgoing.append((channel, payload))

@@ -84,7 +84,8 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     key = caller(request)
     core = Core.of(request.app)
     metrics = request.app[METRICS]
-    async with core.bus.subscribe(None, ALL_EVENTS_QUEUE) as sub:
+    owner = None if key.role == "admin" else key.address
+    async with core.bus.subscribe(None, ALL_EVENTS_QUEUE, owner=owner) as sub:
         response = _event_stream(request)
         await response.prepare(request)
         metrics.sse_streams += 1
@@ -136,7 +137,9 @@ async def _all_events_chunks(
 
 async def _event_job(core: Core, key: ApiKey, event: dict[str, Any]) -> Job | None:
     """The job an event is about, if `key` may see it: as committed when published by this
-    process, else read (events from other processes carry only the job's owner)."""
+    process, else read (events from other processes carry only the job's owner). The bus
+    offers a client's stream its own jobs' events only; this check stays for an event
+    published without its job (the bus cannot tell whose it is)."""
     job = event.get(JOB_SNAPSHOT)
     owner = event.get(JOB_OWNER)
     if owner is not None and key.role != "admin" and owner != key.address:

@@ -244,10 +244,10 @@ class Hub:
     # -- cancel listener --------------------------------------------------------------
     async def cancels_forever(self) -> None:
         core = self.core
-        async with core.bus.subscribe(None) as sub:
+        async with core.bus.subscribe_cancels() as sub:
             while True:
                 event = await sub.get()
-                if event is None or event.get("type") != "cancel":
+                if event is None:
                     continue
                 job_id = str(event.get("job_id"))
                 self._note_cancelled(job_id)

@@ -7,9 +7,42 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import orjson
 import pytest
 
-from coordinator.bus import JOB_SNAPSHOT, JobBus
+from coordinator.bus import EVENTS_CHANNEL, JOB_OWNER, JOB_SNAPSHOT, JobBus
+from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
+
+
+def _owned_job(job_id: str, owner: str) -> Job:
+    return Job(
+        job_id=job_id,
+        client_address=owner,
+        key_id="key_1",
+        chain_id="ait-devnet",
+        model="m",
+        status=JobStatus.QUEUED,
+        priority=Priority.NORMAL,
+        requirements=Requirements(),
+        params={},
+        output_config={},
+        input_json="1",
+        input_file_id=None,
+        input_sha256="0" * 64,
+        input_bytes=1,
+        timeout_seconds=60,
+        deadline_ms=60_000,
+        max_price_uait=None,
+        estimated_cost_uait=1,
+        estimated_units=1,
+        estimated_time_seconds=1,
+        created_at_ms=0,
+        updated_at_ms=0,
+    )
+
+
+def _ids(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(event["job_id"], event["type"]) for event in events]
 
 
 async def test_a_job_subscriber_gets_its_job_and_an_all_jobs_subscriber_every_job() -> None:
@@ -25,6 +58,41 @@ async def test_a_job_subscriber_gets_its_job_and_an_all_jobs_subscriber_every_jo
         assert [e["job_id"] for e in seen if e] == ["job_a", "job_b"]
         assert seen[1] is not None and JOB_SNAPSHOT not in seen[1]  # published without one
     assert not bus._subs  # closed subscriptions are gone
+
+
+async def test_a_clients_subscription_is_offered_its_own_jobs_events_only() -> None:
+    # A client's stream of all its jobs woke for every client's every event and dropped
+    # the others' (16 clients: ~16 wake-ups an event, docs/benchmarks.md round 20).
+    bus = JobBus()
+    async with (
+        bus.subscribe(None, owner="ait1alice") as alice,
+        bus.subscribe(None) as every,
+        bus.subscribe_cancels() as cancels,
+    ):
+        bus.publish("job_a", {"type": "status"}, job=_owned_job("job_a", "ait1alice"))
+        bus.publish("job_b", {"type": "status"}, job=_owned_job("job_b", "ait1bob"))
+        bus.publish("job_a", {"type": "progress"}, job=_owned_job("job_a", "ait1alice"))
+        bus.publish("job_a", {"type": "cancel", "miner_id": "m1"})  # for the hub, no job
+        bus.publish("job_c", {"type": "status"})  # whose it is unknown: alice checks it
+        assert _ids(alice.take_ready(10)) == [
+            ("job_a", "status"),
+            ("job_a", "progress"),
+            ("job_c", "status"),
+        ]
+        assert _ids(cancels.take_ready(10)) == [("job_a", "cancel")]
+        assert len(every.take_ready(10)) == 5
+    assert not bus._subs
+
+
+async def test_an_event_from_another_process_reaches_its_owners_subscription_only() -> None:
+    # The LISTEN callback's input: another process's NOTIFY payload, naming the owner.
+    bus = JobBus()
+    async with bus.subscribe(None, owner="ait1alice") as alice:
+        for job_id, owner in (("job_a", "ait1alice"), ("job_b", "ait1bob")):
+            event = {"type": "status", "job_id": job_id, JOB_OWNER: owner}
+            payload = orjson.dumps({"origin": "elsewhere", "event": event}).decode()
+            bus._on_notify(None, 0, EVENTS_CHANNEL, payload)
+        assert _ids(alice.take_ready(10)) == [("job_a", "status")]
 
 
 async def test_a_reader_that_falls_behind_keeps_the_newest_and_counts_the_rest() -> None:
