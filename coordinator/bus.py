@@ -40,21 +40,21 @@ JOB_SNAPSHOT = "_job"
 JOB_OWNER = "_owner"
 
 
-# What a subscription receives: ("job", job_id) that job's events; ("owner", address) the
-# status and progress events of that client's jobs; EVERY all events; CANCELS the cancel
-# notices only. Events are offered to the topics they match only: a client's stream of its
-# jobs no longer wakes for every other client's job (docs/benchmarks.md, round 20).
-Topic = tuple[str, str | None]
-EVERY: Topic = ("every", None)
-CANCELS: Topic = ("cancels", None)
+# Subscriptions that are not to one job or one client's jobs: every event (an admin's
+# stream), or the cancel notices only (the hub's).
+EVERY = "every"
+CANCELS = "cancels"
+Index = dict[str | None, set["Subscription"]]
 
 
 class Subscription:
-    """A bounded queue of the events of one topic (`Topic`)."""
+    """A bounded queue of the events of one job, one client's jobs, or a kind (`EVERY`,
+    `CANCELS`): `index[key]` of the bus holds it while subscribed."""
 
-    def __init__(self, bus: JobBus, topic: Topic, queue_size: int) -> None:
-        self.topic = topic
+    def __init__(self, bus: JobBus, index: Index, key: str | None, queue_size: int) -> None:
         self._bus = bus
+        self._index = index
+        self._key = key
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
         self.dropped = 0  # events dropped so far because the subscriber fell behind
 
@@ -85,7 +85,11 @@ class Subscription:
 
 class JobBus:
     def __init__(self) -> None:
-        self._subs: dict[Topic, set[Subscription]] = {}
+        # An event is offered to the subscriptions it concerns only: a client's stream of
+        # its jobs does not wake for every other client's job (docs/benchmarks.md, round 20).
+        self._by_job: Index = {}
+        self._by_owner: Index = {}  # client address -> streams of that client's jobs
+        self._by_kind: Index = {}  # EVERY, CANCELS
         self._wake = asyncio.Event()
         self._origin = f"{os.getpid()}:{id(self)}"
         # How this process's own events begin (orjson keeps the key order of `publish`):
@@ -118,19 +122,23 @@ class JobBus:
                 self._spawn_notify(EVENTS_CHANNEL, payload)
 
     def _deliver(self, event: dict[str, Any], owner: object) -> None:
-        subs = self._subs
-        if not subs:
-            return
-        topics: list[Topic] = [("job", event.get("job_id")), EVERY]
-        if event.get("type") == "cancel":
-            topics.append(CANCELS)
-        elif isinstance(owner, str):
-            topics.append(("owner", owner))
-        else:  # published without its job: every client's stream checks it itself
-            topics += [topic for topic in subs if topic[0] == "owner"]
-        for topic in topics:
-            for sub in tuple(subs.get(topic, ())):
+        # No copy of a set while offering: `_put` never (un)subscribes anyone.
+        by_job, by_kind = self._by_job, self._by_kind
+        if by_job:
+            for sub in by_job.get(event.get("job_id"), ()):
                 sub._put(event)
+        for sub in by_kind.get(EVERY, ()):
+            sub._put(event)
+        if event.get("type") == "cancel":  # for miners, not for clients' streams
+            for sub in self._by_kind.get(CANCELS, ()):
+                sub._put(event)
+        elif isinstance(owner, str):
+            for sub in self._by_owner.get(owner, ()):
+                sub._put(event)
+        else:  # published without its job: every client's stream checks it itself
+            for subs in self._by_owner.values():
+                for sub in subs:
+                    sub._put(event)
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -143,33 +151,38 @@ class JobBus:
         """Events of one job; with `job_id=None`, the status and progress events of every
         job of `owner` (a client's stream of all its jobs), or every event when `owner` is
         None too (an admin's stream); at most `queue_size` kept unread."""
-        topic: Topic = ("job", job_id) if job_id is not None else EVERY
-        if job_id is None and owner is not None:
-            topic = ("owner", owner)
-        async with self._subscribed(topic, queue_size) as sub:
+        if job_id is not None:
+            index, key = self._by_job, job_id
+        elif owner is not None:
+            index, key = self._by_owner, owner
+        else:
+            index, key = self._by_kind, EVERY
+        async with self._subscribed(index, key, queue_size) as sub:
             yield sub
 
     def subscribe_cancels(
         self, queue_size: int = SUBSCRIPTION_QUEUE
     ) -> contextlib.AbstractAsyncContextManager[Subscription]:
         """The cancel notices only (the hub's: which miner to tell to stop)."""
-        return self._subscribed(CANCELS, queue_size)
+        return self._subscribed(self._by_kind, CANCELS, queue_size)
 
     @contextlib.asynccontextmanager
-    async def _subscribed(self, topic: Topic, queue_size: int) -> AsyncIterator[Subscription]:
-        sub = Subscription(self, topic, queue_size)
-        self._subs.setdefault(topic, set()).add(sub)
+    async def _subscribed(
+        self, index: Index, key: str | None, queue_size: int
+    ) -> AsyncIterator[Subscription]:
+        sub = Subscription(self, index, key, queue_size)
+        index.setdefault(key, set()).add(sub)
         try:
             yield sub
         finally:
             sub.close()
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subs.get(sub.topic)
+        subs = sub._index.get(sub._key)
         if subs is not None:
             subs.discard(sub)
             if not subs:
-                del self._subs[sub.topic]
+                del sub._index[sub._key]
 
     # -- wake-ups -------------------------------------------------------------------------
     def wake(self) -> None:
