@@ -84,6 +84,19 @@ async def test_a_clients_subscription_is_offered_its_own_jobs_events_only() -> N
     assert not (bus._by_job or bus._by_owner or bus._by_kind)
 
 
+async def test_a_cancel_notice_amid_a_commits_burst_of_events_is_not_dropped() -> None:
+    # The hub's cancel listener read every event through a queue of 256: a commit that
+    # published more before it ran (a group commit settles hundreds of jobs) pushed a
+    # cancel notice out, and the miner was never told to stop.
+    bus = JobBus()
+    async with bus.subscribe_cancels() as cancels:
+        bus.publish("job_x", {"type": "cancel", "miner_id": "m1"})
+        for n in range(1000):
+            bus.publish(f"job_{n}", {"type": "status"}, job=_owned_job(f"job_{n}", "ait1a"))
+        assert _ids(cancels.take_ready(10)) == [("job_x", "cancel")]
+        assert cancels.dropped == 0
+
+
 async def test_an_event_from_another_process_reaches_its_owners_subscription_only() -> None:
     # The LISTEN callback's input: another process's NOTIFY payload, naming the owner.
     bus = JobBus()
