@@ -42,6 +42,11 @@ async def test_two_coordinators_share_the_queue_without_double_claims(
         ids.append(sub["job_id"])
     jobs = [await one.wait_status(client_key, j, "completed", within_s=30) for j in ids]
     assert all(j["attempts"] == 1 for j in jobs)
+
+    async def all_acked() -> bool:  # each ack travels after the commit polled for above
+        return sum(len(d.completed) for d in daemons) >= len(ids)
+
+    await until(all_acked, 10, "the miners to have their results acknowledged")
     done = [job_id for d in daemons for job_id in d.completed]
     assert sorted(done) == sorted(ids)  # every job completed exactly once
     assert {j["miner_id"] for j in jobs} <= {d.miner_id for d in daemons}
