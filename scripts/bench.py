@@ -252,13 +252,16 @@ class Cluster:
         self.miners: list[subprocess.Popen[bytes]] = []
         self.coordinator: subprocess.Popen[bytes] | None = None
 
-    def key(self, role: str) -> dict[str, Any]:
-        command = [str(BIN / "coordinator"), "keys", "create", "--role", role]
+    def keys(self, role: str, count: int) -> list[dict[str, Any]]:
+        """`count` new API keys of `role`, made in one process (scripts/bench_keys.py)."""
+        command = [sys.executable, str(Path(__file__).with_name("bench_keys.py"))]
         done = subprocess.run(
-            [*command, "--config", str(self.config)], capture_output=True, text=True, check=True
+            [*command, "--config", str(self.config), "--role", role, "--count", str(count)],
+            capture_output=True,
+            text=True,
+            check=True,
         )
-        document: dict[str, Any] = json.loads(done.stdout)
-        return document
+        return [json.loads(line) for line in done.stdout.splitlines()]
 
     def start_coordinator(self) -> None:
         logfile = (self.workdir / "coordinator.log").open("wb")
@@ -412,8 +415,8 @@ def _shares(total: int, parts: int) -> list[int]:
 
 
 async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
-    clients = [cluster.key("client") for _ in range(args.wallets)]
-    miner = cluster.key("miner")
+    clients = cluster.keys("client", args.wallets)
+    [miner] = cluster.keys("miner", 1)
     cluster.start_coordinator()
     for index in range(args.miners):
         cluster.start_miner(index, miner["api_key"])
@@ -426,6 +429,17 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
             await stack.enter_async_context(
                 aiohttp.ClientSession(
                     headers=_headers(each), connector=connector, connector_owner=index == 0
+                )
+            )
+            for index, each in enumerate(clients)
+        ]
+        # A wallet's stream of all its jobs holds a connection for the whole run: on a
+        # pool of their own, so that many wallets' streams leave the submits theirs.
+        streams = aiohttp.TCPConnector(limit=0)
+        stream_sessions = [
+            await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    headers=_headers(each), connector=streams, connector_owner=index == 0
                 )
             )
             for index, each in enumerate(clients)
@@ -448,10 +462,10 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         # A load a wallet: its clients (or its share of the offered rate) submit with its
         # key and read its jobs' ends off its own streams.
         loads = [
-            BatchLoad(wallet, cluster.url, job, args.batch)
+            BatchLoad(wallet, cluster.url, job, args.batch, streams=stream_wallet)
             if args.batch
             else Load(wallet, cluster.url, job)
-            for wallet in sessions
+            for wallet, stream_wallet in zip(sessions, stream_sessions, strict=True)
         ]
         assert cluster.coordinator is not None
         miner_pids = [m.pid for m in cluster.miners]
@@ -569,7 +583,7 @@ async def connect_idle_miners(
     from protocol.messages import Resume, encode
 
     # The hub caps the daemons one miner key serves (an operator's hosts); spread over keys.
-    miner_keys = [cluster.key("miner") for _ in range(-(-count // MINERS_PER_KEY))]
+    miner_keys = cluster.keys("miner", -(-count // MINERS_PER_KEY))
     ws_url = cluster.url.replace("http", "ws") + "/v1/miners/ws"
     sockets: list[Any] = []
     semaphore = asyncio.Semaphore(64)

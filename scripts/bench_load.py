@@ -114,10 +114,17 @@ class BatchLoad(Load):
     """`size` jobs a request; every end read off one stream of all the client's jobs."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, job: dict[str, Any], size: int
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        job: dict[str, Any],
+        size: int,
+        *,
+        streams: aiohttp.ClientSession | None = None,
     ) -> None:
         super().__init__(session, url, job)
         self.job, self.jobs_per_request = job, size
+        self.streams = streams or session  # where the stream of all the jobs is read
         self._ends: dict[str, asyncio.Future[None]] = {}  # awaited or already ended
         self._watcher: asyncio.Task[None] | None = None
 
@@ -134,7 +141,7 @@ class BatchLoad(Load):
         await super().closed_loop(concurrency, until)
 
     async def _watch(self, subscribed: asyncio.Future[None]) -> None:
-        async with self.session.get(self.url + "/v1/jobs/events") as response:
+        async with self.streams.get(self.url + "/v1/jobs/events") as response:
             subscribed.set_result(None)
             name = b""
             async for line in response.content:
