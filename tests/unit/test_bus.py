@@ -9,36 +9,14 @@ from typing import Any
 
 import orjson
 import pytest
+from ait_harness import sample_job
 
 from coordinator.bus import EVENTS_CHANNEL, JOB_OWNER, JOB_SNAPSHOT, JobBus
-from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
+from coordinator.domain.jobs import Job
 
 
 def _owned_job(job_id: str, owner: str) -> Job:
-    return Job(
-        job_id=job_id,
-        client_address=owner,
-        key_id="key_1",
-        chain_id="ait-devnet",
-        model="m",
-        status=JobStatus.QUEUED,
-        priority=Priority.NORMAL,
-        requirements=Requirements(),
-        params={},
-        output_config={},
-        input_json="1",
-        input_file_id=None,
-        input_sha256="0" * 64,
-        input_bytes=1,
-        timeout_seconds=60,
-        deadline_ms=60_000,
-        max_price_uait=None,
-        estimated_cost_uait=1,
-        estimated_units=1,
-        estimated_time_seconds=1,
-        created_at_ms=0,
-        updated_at_ms=0,
-    )
+    return sample_job().evolve(job_id=job_id, client_address=owner)
 
 
 def _ids(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
