@@ -130,7 +130,7 @@ class JobBus:
         for sub in by_kind.get(EVERY, ()):
             sub._put(event)
         if event.get("type") == "cancel":  # for miners, not for clients' streams
-            for sub in self._by_kind.get(CANCELS, ()):
+            for sub in by_kind.get(CANCELS, ()):
                 sub._put(event)
         elif isinstance(owner, str):
             for sub in self._by_owner.get(owner, ()):

@@ -1,7 +1,7 @@
 """API keys for the bench, many in one process: `coordinator keys create` is a process a
 key (~1 s of start-up on the bench host), which made a run with a thousand wallets spend
 15 minutes setting up. The same service call the command makes, in one process; prints
-one JSON object a line, with the command's fields.
+one JSON object a key (api_key, key_id, role, address, as the command prints them).
 
     python scripts/bench_keys.py --config coordinator.toml --role client --count 1000
 """
