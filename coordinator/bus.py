@@ -51,8 +51,7 @@ class Subscription:
     """A bounded queue of the events of one job, one client's jobs, or a kind (`EVERY`,
     `CANCELS`): `index[key]` of the bus holds it while subscribed."""
 
-    def __init__(self, bus: JobBus, index: Index, key: str | None, queue_size: int) -> None:
-        self._bus = bus
+    def __init__(self, index: Index, key: str | None, queue_size: int) -> None:
         self._index = index
         self._key = key
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
@@ -80,7 +79,11 @@ class Subscription:
         return ready
 
     def close(self) -> None:
-        self._bus._unsubscribe(self)
+        subs = self._index.get(self._key)
+        if subs is not None:
+            subs.discard(self)
+            if not subs:
+                del self._index[self._key]
 
 
 class JobBus:
@@ -170,19 +173,12 @@ class JobBus:
     async def _subscribed(
         self, index: Index, key: str | None, queue_size: int
     ) -> AsyncIterator[Subscription]:
-        sub = Subscription(self, index, key, queue_size)
+        sub = Subscription(index, key, queue_size)
         index.setdefault(key, set()).add(sub)
         try:
             yield sub
         finally:
             sub.close()
-
-    def _unsubscribe(self, sub: Subscription) -> None:
-        subs = sub._index.get(sub._key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del sub._index[sub._key]
 
     # -- wake-ups -------------------------------------------------------------------------
     def wake(self) -> None:

@@ -409,6 +409,18 @@ def _headers(client: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {client['api_key']}", "Content-Type": "application/json"}
 
 
+async def _wallet_sessions(
+    stack: contextlib.AsyncExitStack, clients: list[dict[str, Any]], pool: aiohttp.TCPConnector
+) -> list[aiohttp.ClientSession]:
+    """A session a wallet (its key in the headers), all on `pool`, closed with `stack`."""
+    return [
+        await stack.enter_async_context(
+            aiohttp.ClientSession(headers=_headers(each), connector=pool, connector_owner=i == 0)
+        )
+        for i, each in enumerate(clients)
+    ]
+
+
 def _shares(total: int, parts: int) -> list[int]:
     """`total` split into `parts` as evenly as whole numbers go."""
     return [total // parts + (i < total % parts) for i in range(parts)]
@@ -424,26 +436,11 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
     # open loop, and the connection churn costs both sides more than the requests.
     connector = aiohttp.TCPConnector(limit=args.http_connections)
     async with contextlib.AsyncExitStack() as stack:
-        # One session a wallet (its key in the headers), all on the one pool of connections.
-        sessions = [
-            await stack.enter_async_context(
-                aiohttp.ClientSession(
-                    headers=_headers(each), connector=connector, connector_owner=index == 0
-                )
-            )
-            for index, each in enumerate(clients)
-        ]
+        sessions = await _wallet_sessions(stack, clients, connector)
         # A wallet's stream of all its jobs holds a connection for the whole run: on a
         # pool of their own, so that many wallets' streams leave the submits theirs.
         streams = aiohttp.TCPConnector(limit=0)
-        stream_sessions = [
-            await stack.enter_async_context(
-                aiohttp.ClientSession(
-                    headers=_headers(each), connector=streams, connector_owner=index == 0
-                )
-            )
-            for index, each in enumerate(clients)
-        ]
+        stream_sessions = await _wallet_sessions(stack, clients, streams)
         session = sessions[0]
         await wait_ready(session, cluster, args.miners)
         for each, wallet in zip(clients, sessions, strict=True):
