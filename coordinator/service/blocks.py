@@ -3,12 +3,12 @@
 Every `block_interval_seconds` the sealer takes, per configured chain, the transfers not
 yet in a block (`ledger_transfers.block_height IS NULL`, in `seq` order), attaches the
 signed receipt each payment settles and seals them into the next block with the
-coordinator key (chain.blocks.seal_block). That part reads committed rows and runs outside
-any write transaction, handing the event loop back between slices of entries, so neither
-the group-commit writer nor request handling waits for it. Then one short transaction
-inserts the block and stamps `block_height` on its transfers (a receipt's block is its
-payment's, so receipts are not stamped); the guards below refuse a draft whose height or
-transfers another sealer took meanwhile. Blocks are never rewritten.
+coordinator key (chain.blocks.seal_block). That part reads committed rows a page at a time
+and runs outside any write transaction, handing the event loop back between pages and
+slices of entries, so neither the group-commit writer nor request handling waits for it.
+Then one short transaction inserts the block and stamps `block_height` on its transfers (a
+receipt's block is its payment's, so receipts are not stamped); the guards below refuse a
+draft whose height or transfers another sealer took meanwhile. Blocks are never rewritten.
 
 Several coordinator processes on one PostgreSQL: a transaction-scoped advisory lock per
 chain lets one of them seal at a time (the others skip the round), and two guards back it
@@ -25,7 +25,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,10 @@ MAX_BLOCKS_PER_ROUND = 20  # a backlog is worked off over rounds, never in one l
 # dispatch for ~40 ms at 100 jobs/s, and the jobs caught in it made the p99
 # (docs/benchmarks.md, round 4).
 ENTRIES_PER_SLICE = 8
+# Pending transfers (and their payments' receipts) are read this many at a time, the event
+# loop served between pages: read in one go, a block's 1,000 held the loop for ~7 ms, the
+# sealer's longest stall (docs/benchmarks.md, round 21).
+PENDING_PAGE = 125
 # A payment whose receipt row is missing waits this long for it. Settlement writes both in
 # one transaction, so a wait means a bug elsewhere; it is kept short because the block (and
 # every transfer after the payment) waits too. After it the payment is sealed without a
@@ -120,8 +124,9 @@ _PENDING = (
     select(*_PENDING_COLUMNS)
     .where(ledger_transfers.c.chain_id == bindparam("p_chain"))
     .where(ledger_transfers.c.block_height.is_(None))
+    .where(ledger_transfers.c.seq > bindparam("p_after"))
     .order_by(ledger_transfers.c.seq)
-    .limit(MAX_ENTRIES_PER_BLOCK)
+    .limit(PENDING_PAGE)
 )
 
 
@@ -158,12 +163,12 @@ def _numbered(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
 
 
 async def _pending_rows(
-    conn: AsyncConnection, chain_id: str
+    conn: AsyncConnection, chain_id: str, after: int
 ) -> tuple[Sequence[Any], dict[str, tuple[str, str]]]:
-    """The chain's unsealed transfers in seq order (at most a block's worth), as rows of
-    `_PENDING_COLUMNS`, and the stored (receipt, signature) JSON of the payments among
-    them, by job id."""
-    rows = (await conn.execute(_PENDING, {"p_chain": chain_id})).all()
+    """The chain's next unsealed transfers after seq `after`, in seq order (a page of
+    PENDING_PAGE at most), as rows of `_PENDING_COLUMNS`, and the stored (receipt,
+    signature) JSON of the payments among them, by job id."""
+    rows = (await conn.execute(_PENDING, {"p_chain": chain_id, "p_after": after})).all()
     paid_jobs = [r[_JOB] for r in rows if r[_KIND] == RECEIPT_TRANSFER_KIND and r[_JOB]]
     signed: dict[str, tuple[str, str]] = {}
     if paid_jobs:
@@ -184,12 +189,33 @@ class _Draft:
     seqs: list[int]
 
 
+async def _pending_entries(
+    db: Database, chain_id: str, rows: Sequence[Any], signed: dict[str, tuple[str, str]]
+) -> AsyncGenerator[tuple[Any, tuple[str, str] | None], None]:
+    """The pending transfers from the first page (`rows`, `signed`) on, each with its
+    stored receipt when it is a payment, a page read at a time; the event loop is served
+    between slices of entries and between pages. The caller stops when its block is full."""
+    index = 0
+    while rows:
+        for row in rows:
+            index += 1
+            if index % ENTRIES_PER_SLICE == 0:
+                await asyncio.sleep(0)  # let requests and dispatch run between slices
+            kind, job_id = row[_KIND], row[_JOB]
+            yield row, signed.get(job_id) if kind == RECEIPT_TRANSFER_KIND else None
+        if len(rows) < PENDING_PAGE:
+            return
+        await asyncio.sleep(0)
+        async with db.read() as conn:
+            rows, signed = await _pending_rows(conn, chain_id, int(rows[-1][0]))
+
+
 async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -> _Draft | None:
     """Seal the chain's pending transfers into its next block, outside any write
     transaction (None when nothing is pending). What it read may be stale by the time
     _store_block runs; the height's primary key and the stamp count catch that."""
     async with db.read() as conn:
-        rows, signed = await _pending_rows(conn, chain_id)
+        rows, signed = await _pending_rows(conn, chain_id, -1)
         if not rows:
             return None
         height, prev_hash, signer = await _tip(conn, chain_id)
@@ -201,33 +227,34 @@ async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -
     seqs: list[int] = []
     entries: list[dict[str, Any]] = []
     leaves: list[bytes] = []
-    for index, row in enumerate(rows):
-        if index % ENTRIES_PER_SLICE == ENTRIES_PER_SLICE - 1:
-            await asyncio.sleep(0)  # let requests and dispatch run between slices
-        (seq, transfer_id, kind, row_chain, debit_address, debit_kind, credit_address,
-         credit_kind, amount_uait, created_at_ms, job_id) = row  # fmt: skip
-        stored = signed.get(job_id) if kind == RECEIPT_TRANSFER_KIND else None
-        if kind == RECEIPT_TRANSFER_KIND and stored is None:
-            if now - created_at_ms < RECEIPT_WAIT_MS:
-                break  # keep seq order: this block ends before the payment
-            log.error("sealing a payment without its receipt", extra={"job_id": job_id})
-        entry = transfer_entry(
-            transfer_id=transfer_id,
-            kind=kind,
-            chain_id=row_chain,
-            debit_address=debit_address,
-            debit_kind=debit_kind,
-            credit_address=credit_address,
-            credit_kind=credit_kind,
-            amount_uait=int(amount_uait),
-            created_at_ms=int(created_at_ms),
-            job_id=job_id,
-            receipt=None if stored is None else orjson.loads(stored[0]),
-            receipt_signature=None if stored is None else orjson.loads(stored[1]),
-        )
-        seqs.append(int(seq))
-        entries.append(entry)
-        leaves.append(leaf_hash(entry))
+    pending = contextlib.aclosing(_pending_entries(db, chain_id, rows, signed))
+    async with pending as transfers:
+        async for row, stored in transfers:
+            (seq, transfer_id, kind, row_chain, debit_address, debit_kind, credit_address,
+             credit_kind, amount_uait, created_at_ms, job_id) = row  # fmt: skip
+            if kind == RECEIPT_TRANSFER_KIND and stored is None:
+                if now - created_at_ms < RECEIPT_WAIT_MS:
+                    break  # keep seq order: this block ends before the payment
+                log.error("sealing a payment without its receipt", extra={"job_id": job_id})
+            entry = transfer_entry(
+                transfer_id=transfer_id,
+                kind=kind,
+                chain_id=row_chain,
+                debit_address=debit_address,
+                debit_kind=debit_kind,
+                credit_address=credit_address,
+                credit_kind=credit_kind,
+                amount_uait=int(amount_uait),
+                created_at_ms=int(created_at_ms),
+                job_id=job_id,
+                receipt=None if stored is None else orjson.loads(stored[0]),
+                receipt_signature=None if stored is None else orjson.loads(stored[1]),
+            )
+            seqs.append(int(seq))
+            entries.append(entry)
+            leaves.append(leaf_hash(entry))
+            if len(entries) == MAX_ENTRIES_PER_BLOCK:
+                break
     if not entries:
         return None
     block = seal_block(

@@ -27,6 +27,7 @@ from chain.verify import verify_chain
 from coordinator.db.database import Database
 from coordinator.db.schema import ledger_transfers, receipts
 from coordinator.service import block_reads
+from coordinator.service import blocks as sealer
 from coordinator.service.block_reads import chain_gauges, chain_height, get_blocks
 from coordinator.service.blocks import (
     RECEIPT_WAIT_MS,
@@ -276,6 +277,36 @@ async def test_payment_waits_for_its_receipt(db: Database) -> None:
     assert [e["kind"] for e in blocks[1]["entries"]] == ["pay", "fee", "refund"]
     assert verify_chain(blocks, PUB, await _live(db)).ok
     assert (await receipt_block(db, "job_2") or {}).get("height") == 1
+
+
+async def test_pending_transfers_are_read_a_page_at_a_time(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages smaller than a block: each block still takes the transfers in seq order, across
+    pages, up to its size, and a payment still waiting for its receipt on a later page ends
+    the block before it."""
+    monkeypatch.setattr(sealer, "PENDING_PAGE", 2)
+    monkeypatch.setattr(sealer, "MAX_ENTRIES_PER_BLOCK", 5)
+    await _mint(db, 0)
+    for n in range(3):  # hold, pay, fee, refund each
+        await _job(db, f"job_{n}", held=300_000, units=10, price=10_000)
+    await _job(db, "job_late", held=300_000, units=10, price=10_000, with_receipt=False)
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(ledger_transfers.c.transfer_id).order_by(ledger_transfers.c.seq)
+        )
+        in_seq_order = [r.transfer_id for r in rows]
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 3  # 5 + 5 + 4: full, full, the rest
+    blocks = await _all_blocks(db)
+    assert [b["header"]["entry_count"] for b in blocks] == [5, 5, 4]
+    sealed = [e["transfer_id"] for b in blocks for e in b["entries"]]
+    assert sealed == in_seq_order[:14] and in_seq_order[14] == "pay:job_late"
+    await _add_receipt(db, "job_late", 10, 10_000)
+    assert await seal_pending(db, CHAIN, COORDINATOR) == 1
+    blocks = await _all_blocks(db)
+    assert [e["transfer_id"] for b in blocks for e in b["entries"]] == in_seq_order
+    report = verify_chain(blocks, PUB, await _live(db), chain_id=CHAIN)
+    assert report.ok, [str(f) for f in report.failures]
 
 
 async def test_payment_without_receipt_is_sealed_late_and_flagged(db: Database) -> None:
