@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     false,
     func,
+    null,
     or_,
     select,
     tuple_,
@@ -585,28 +586,9 @@ async def address_chains(conn: AsyncConnection, address: str) -> list[str]:
     return sorted(found)
 
 
-def history_statements(
-    dialect: str,
-    address: str,
-    chain_id: str | None,
-    from_ms: int | None,
-    to_ms: int | None,
-    limit: int,
-    offset: int,
-    chains: Sequence[str] | None = None,
-) -> tuple[Select[Any], Select[Any]]:
-    """(count, page) of the transfers touching `address`, newest first, on `dialect`.
-
-    A count adds up the two sides' counts, each read off its index. On SQLite a page
-    takes each side's newest `limit + offset` off its index and cuts the page from them:
-    SQLite answers an OR of the sides by gathering and sorting all of them. The indexes
-    give `seq` order within a chain, so without `chain_id` it takes them per chain of
-    `chains` (`address_chains`); given neither, each side sorts all of the address's
-    rows (a client's first page of 54,000 transfers: 28 ms on the event loop, against
-    0.6 with a chain; docs/benchmarks.md, round 19). PostgreSQL gets the OR, which it
-    plans by its statistics (the pkey walked backwards for a busy address, a bitmap of
-    both indexes for a rare one); side by side, a side with few rows that it guessed
-    would have many sent it walking the whole table."""
+def _history_filters(
+    chain_id: str | None, from_ms: int | None, to_ms: int | None
+) -> list[ColumnElement[bool]]:
     t = ledger_transfers.c
     common = []
     if chain_id is not None:
@@ -615,11 +597,72 @@ def history_statements(
         common.append(t.created_at_ms >= from_ms)
     if to_ms is not None:
         common.append(t.created_at_ms < to_ms)
+    return common
+
+
+def history_count(
+    address: str, chain_id: str | None, from_ms: int | None, to_ms: int | None
+) -> Select[Any]:
+    """One row: how many transfers touch `address` (with the filters) and, with a time
+    range, the lowest and highest `seq` among them (None when there are none, or no range).
+
+    Each side is read off its index once (with a range, count, min and max in the same
+    pass) and the two sides added up. It grows with the address's history: callers run it
+    off the event loop (`Database.read_long`). The span lets `history_page` seek to the
+    rows a time range holds instead of walking the newer ones (see there); without a
+    range it is not needed, and a bare count of the index entries takes half as long."""
+    t = ledger_transfers.c
+    common = _history_filters(chain_id, from_ms, to_ms)
+    if from_ms is None and to_ms is None:
+        counts = [
+            select(func.count()).select_from(ledger_transfers).where(*side, *common)
+            for side in _sides(address)
+        ]
+        return select(counts[0].scalar_subquery() + counts[1].scalar_subquery(), null(), null())
+    sides = union_all(
+        *(
+            select(
+                func.count().label("n"), func.min(t.seq).label("lo"), func.max(t.seq).label("hi")
+            ).where(*side, *common)
+            for side in _sides(address)
+        )
+    ).subquery()
+    return select(func.coalesce(func.sum(sides.c.n), 0), func.min(sides.c.lo), func.max(sides.c.hi))
+
+
+def history_page(
+    dialect: str,
+    address: str,
+    chain_id: str | None,
+    from_ms: int | None,
+    to_ms: int | None,
+    limit: int,
+    offset: int,
+    chains: Sequence[str] | None = None,
+    seqs: tuple[int, int] | None = None,
+) -> Select[Any]:
+    """A page of the transfers touching `address`, newest first, on `dialect`; `seqs`,
+    the (lowest, highest) `seq` that `history_count` found under the same filters, bounds
+    the read.
+
+    On SQLite a page takes each side's newest `limit + offset` off its index and cuts the
+    page from them: SQLite answers an OR of the sides by gathering and sorting all of them.
+    The indexes give `seq` order within a chain, so without `chain_id` it takes them per
+    chain of `chains` (`address_chains`); given neither, each side sorts all of the
+    address's rows (a client's first page of 54,000 transfers: 28 ms on the event loop,
+    against 0.6 with a chain; docs/benchmarks.md, round 19). With a time range, the index
+    walk from the newest would pass every newer transfer before the first in range (25-28
+    ms for an early range of 66,000, on the loop; round 21): the `seqs` bounds make it a
+    seek to the range's newest. PostgreSQL gets the OR, which it plans by its statistics
+    (the pkey walked backwards for a busy address, a bitmap of both indexes for a rare
+    one); side by side, a side with few rows that it guessed would have many sent it
+    walking the whole table. Given `seqs` it walks the pkey over that span, every
+    address's transfers in it: it is not given them."""
+    t = ledger_transfers.c
+    common = _history_filters(chain_id, from_ms, to_ms)
+    if seqs is not None:
+        common += [t.seq >= seqs[0], t.seq <= seqs[1]]
     debits, credits = _sides(address)
-    counts = [
-        select(func.count()).select_from(ledger_transfers).where(*side, *common).scalar_subquery()
-        for side in (debits, credits)
-    ]
     touching: ColumnElement[bool]
     if dialect == "sqlite":
         per_chain = [()] if chain_id is not None or chains is None else [
@@ -640,14 +683,13 @@ def history_statements(
         )
     else:
         touching = and_(or_(and_(*debits), and_(*credits)), *common)
-    page = (
+    return (
         select(*_TRANSFER_COLUMNS)
         .where(touching)
         .order_by(t.seq.desc())
         .limit(limit)
         .offset(offset)
     )
-    return select(counts[0] + counts[1]), page
 
 
 async def minted(conn: AsyncConnection, chain_id: str) -> int:

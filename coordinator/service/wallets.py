@@ -86,22 +86,29 @@ async def history(
     may_read(key, address)
     if chain_id:
         chain_or_422(core, chain_id)
-    chains = None
-    if not chain_id and core.db.dialect == "sqlite":  # see history_statements
-        async with core.db.read() as conn:
-            chains = await ledger_store.address_chains(conn, address)
-    count, page = ledger_store.history_statements(
-        core.db.dialect, address, chain_id or None, from_ms, to_ms, limit, offset, chains
-    )
+    chain_id = chain_id or None
+    count = ledger_store.history_count(address, chain_id, from_ms, to_ms)
     async with core.db.read_long() as conn:  # a count grows with the history
-        total = int((await conn.execute(count)).scalar_one())
-    async with core.db.read() as conn:
-        found = [ledger_store.transfer_from_row(row) for row in await conn.execute(page)]
+        total, lowest, highest = (await conn.execute(count)).one()
+    found: list[Transfer] = []
+    if total:
+        chains = None
+        if not chain_id and core.db.dialect == "sqlite":  # see history_page
+            async with core.db.read() as conn:
+                chains = await ledger_store.address_chains(conn, address)
+        # On SQLite a time range's rows are sought by their seq span (history_page).
+        ranged = from_ms is not None or to_ms is not None
+        span = (lowest, highest) if ranged and core.db.dialect == "sqlite" else None
+        page = ledger_store.history_page(
+            core.db.dialect, address, chain_id, from_ms, to_ms, limit, offset, chains, span
+        )
+        async with core.db.read() as conn:
+            found = [ledger_store.transfer_from_row(row) for row in await conn.execute(page)]
     return {
         "address": address,
         "chain_id": chain_id or None,
         "entries": [entry_view(t, address) for t in found],
-        "total": total,
+        "total": int(total),
         "has_more": offset + len(found) < total,
     }
 

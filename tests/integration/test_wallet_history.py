@@ -85,22 +85,30 @@ async def test_history_pages_are_the_address_transfers_newest_first(
 ) -> None:
     from_ms, to_ms = window or (None, None)
 
-    async def read(conn: AsyncConnection) -> list[tuple[list[str], int]]:
+    async def read(conn: AsyncConnection) -> tuple[list[tuple[list[str], int]], Any, Any]:
         await conn.execute(ledger_transfers.insert(), ROWS)
         chains = await store.address_chains(conn, address) if chain_id is None else None
+        count = store.history_count(address, chain_id, from_ms, to_ms)
+        total, lowest, highest = (await conn.execute(count)).one()
         pages = []
         for offset in range(0, 70, 6):
-            count, page = store.history_statements(
-                conn.dialect.name, address, chain_id, from_ms, to_ms, 6, offset, chains
-            )
-            total = (await conn.execute(count)).scalar_one()
-            found = [store.transfer_from_row(row) for row in await conn.execute(page)]
-            pages.append(([t.transfer_id for t in found], total))
-        return pages
+            for span in (None, (lowest, highest)) if window and total else (None,):
+                page = store.history_page(
+                    conn.dialect.name, address, chain_id, from_ms, to_ms, 6, offset, chains, span
+                )
+                found = [store.transfer_from_row(row) for row in await conn.execute(page)]
+                pages.append(([t.transfer_id for t in found], total))
+        return pages, lowest, highest
 
-    pages = await db.write(read)
+    pages, lowest, highest = await db.write(read)
     expected = _expected(address, chain_id, window)
-    assert [page for page, _ in pages] == [expected[i : i + 6] for i in range(0, 70, 6)]
+    seqs = [int(t.removeprefix("tr_")) + 1 for t in expected]  # seq = index + 1
+    # With a time range the count names its rows' seq span; without one, none.
+    assert (lowest, highest) == ((min(seqs), max(seqs)) if window and seqs else (None, None))
+    per_offset = 2 if window and expected else 1  # without and with the count's span
+    assert [page for page, _ in pages] == [
+        expected[i : i + 6] for i in range(0, 70, 6) for _ in range(per_offset)
+    ]
     assert {total for _, total in pages} == {len(expected)}
     assert address == NOBODY or expected  # every other case has transfers to page through
 
@@ -123,9 +131,10 @@ async def test_history_reads_each_side_off_its_index(
     on PostgreSQL its own plan of the OR of the sides."""
     from_ms, to_ms = window or (None, None)
     chains = [DEVNET, TESTNET] if chain_id is None else None
-    count, page = store.history_statements(
-        db.dialect, ALICE, chain_id, from_ms, to_ms, 10, 20, chains
-    )
+    count = store.history_count(ALICE, chain_id, from_ms, to_ms)
+    # On SQLite a time range's page is bounded by the span history_count finds.
+    span = (3, 110) if window and db.dialect == "sqlite" else None
+    page = store.history_page(db.dialect, ALICE, chain_id, from_ms, to_ms, 10, 20, chains, span)
 
     async def plans(conn: AsyncConnection) -> list[str]:
         await conn.execute(ledger_transfers.insert(), ROWS)
@@ -153,3 +162,6 @@ async def test_history_reads_each_side_off_its_index(
         # No sort, and no gathering of every transfer that an OR of the sides would do.
         bad = ("TEMP B-TREE", "MULTI-INDEX OR")
         assert [s for s in page_plan.splitlines() if any(b in s for b in bad)] == [], page_plan
+        if window:  # each side seeks into its span, not walking the newer transfers
+            seeks = [s for s in page_plan.splitlines() if "USING INDEX ix_transfers_" in s]
+            assert seeks and all("rowid>" in s and "rowid<" in s for s in seeks), page_plan
