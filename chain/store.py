@@ -656,8 +656,8 @@ def history_page(
     seek to the range's newest. PostgreSQL gets the OR, which it plans by its statistics
     (the pkey walked backwards for a busy address, a bitmap of both indexes for a rare
     one); side by side, a side with few rows that it guessed would have many sent it
-    walking the whole table. Given `seqs` it walks the pkey over that span, every
-    address's transfers in it: it is not given them."""
+    walking the whole table. Given `seqs`, PostgreSQL walks the primary key over that
+    span, every address's transfers in it, so the service passes them on SQLite only."""
     t = ledger_transfers.c
     common = _history_filters(chain_id, from_ms, to_ms)
     if seqs is not None:
