@@ -18,11 +18,12 @@ from coordinator.api.middleware import (
     auth_middleware,
     metrics_middleware,
 )
-from coordinator.appkeys import COORDINATOR_KEY, DATABASE, JOB_BUS, METRICS, SETTINGS
+from coordinator.appkeys import COORDINATOR_KEY, DATABASE, JOB_BUS, LOOP_LAG, METRICS, SETTINGS
 from coordinator.bus import JobBus
 from coordinator.db.database import Database
 from coordinator.errors import problem_middleware
 from coordinator.hub import setup_hub
+from coordinator.loop_lag import LoopLag
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import RateLimiter
 from coordinator.service.blocks import setup_sealer
@@ -46,6 +47,16 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         await db.close()
 
 
+async def _loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Time the event loop's lag for /metrics while the app runs."""
+    probe = app[LOOP_LAG] = LoopLag()
+    probe.start()
+    try:
+        yield
+    finally:
+        probe.stop()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -59,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     app[COORDINATOR_KEY] = identity.load_or_create(settings.key_path)
     app[DATABASE] = Database.create(settings.db_url)
     app.cleanup_ctx.append(_database_ctx)  # first: everything below needs the database
+    app.cleanup_ctx.append(_loop_lag_ctx)
     # Plain paths before parametrised ones (/v1/jobs/history before /v1/jobs/{job_id}).
     app.router.add_routes(events_api.routes)  # `/v1/jobs/events` before `/v1/jobs/{job_id}`
     app.router.add_routes(jobs_api.routes)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from coordinator.db.database import Database
     from coordinator.domain.jobs import Job
     from coordinator.domain.pricing import Offer
+    from coordinator.loop_lag import LoopLag
     from coordinator.metrics import Metrics
     from coordinator.service.lifecycle import ClaimRequest
     from coordinator.settings import Settings
@@ -75,3 +76,4 @@ MINER_REGISTRY: web.AppKey[MinerRegistryProtocol] = web.AppKey("ait_miner_regist
 ADMISSION_DISPATCH: web.AppKey[AdmissionDispatchProtocol] = web.AppKey("ait_admission_dispatch")
 COORDINATOR_KEY: web.AppKey[Ed25519PrivateKey] = web.AppKey("ait_coordinator_key")
 METRICS: web.AppKey[Metrics] = web.AppKey("ait_metrics")
+LOOP_LAG: web.AppKey[LoopLag] = web.AppKey("ait_loop_lag")  # set while the app runs

@@ -133,6 +133,7 @@ async def scrape_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, 
     wanted = (
         "ait_db_commits_total",
         "ait_db_commit_seconds_bucket",
+        "ait_event_loop_lag_seconds_bucket",
         "ait_db_writes_total",
         "ait_db_coalesced_",
         "ait_miner_frames_total",
@@ -153,13 +154,15 @@ def grown(before: dict[str, float], after: dict[str, float], name: str) -> float
     return after.get(name, 0) - before.get(name, 0)
 
 
-def commit_times(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """How long the window's group commits took, from the histogram's buckets: the p50
-    and p99 as the bucket bound they fall under (ms), and how many took over 10 ms (on
-    SQLite each one stalled the coordinator's event loop that long)."""
+def bucket_times(before: dict[str, float], after: dict[str, float], family: str) -> dict[str, Any]:
+    """What a seconds histogram of /metrics counted in the window, from its buckets: the
+    p50 and p99 as the bucket bound they fall under (ms), and how many were over 10 ms.
+    `ait_db_commit_seconds`: the group commits (on SQLite each stalled the coordinator's
+    event loop that long); `ait_event_loop_lag_seconds`: how late the loop's 50 ms timer
+    fired (how long the loop was held)."""
     grew: list[tuple[float, float]] = []  # (upper bound s, cumulative count)
     for name in after:
-        if name.startswith("ait_db_commit_seconds_bucket{le="):
+        if name.startswith(family + "_bucket{le="):
             bound = name.split('"')[1]
             upper = float("inf") if bound == "+Inf" else float(bound)
             grew.append((upper, grown(before, after, name)))
@@ -531,7 +534,8 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
             "peak_rss_mib": round(after["peak_rss_mib"], 1),
             "group_commits": int(commits),
             "writes_per_commit": round(writes / commits, 1) if commits else None,
-            "commit_time": commit_times(metrics_before, metrics_after),
+            "commit_time": bucket_times(metrics_before, metrics_after, "ait_db_commit_seconds"),
+            "loop_lag": bucket_times(metrics_before, metrics_after, "ait_event_loop_lag_seconds"),
             "requests_per_coalesced_write": requests_per_coalesced_write(
                 metrics_before, metrics_after
             ),

@@ -7,7 +7,7 @@ from aiohttp import web
 from coordinator.api.common import caller, client_caller, json_response
 from coordinator.api.jobs import _read_upload
 from coordinator.api.validate import query_int
-from coordinator.appkeys import DATABASE, METRICS, MINER_REGISTRY
+from coordinator.appkeys import DATABASE, LOOP_LAG, METRICS, MINER_REGISTRY
 from coordinator.errors import Unavailable, ValidationFailed
 from coordinator.service import block_reads
 from coordinator.service import files as file_service
@@ -132,6 +132,10 @@ async def metrics(request: web.Request) -> web.Response:
     gauges.extend(await block_reads.chain_gauges(core.db, core.settings))
     commit_help = "Group-commit transactions by seconds taken (first operation to commit)."
     histograms = [("ait_db_commit_seconds", commit_help, writers[0].commit_seconds)]
+    lag = request.app.get(LOOP_LAG)
+    if lag is not None:
+        lag_help = "How late a timer set every 50 ms fired: how long the event loop was held."
+        histograms.append(("ait_event_loop_lag_seconds", lag_help, lag.histogram))
     text = request.app[METRICS].render(gauges, histograms)
     return web.Response(
         text=text,

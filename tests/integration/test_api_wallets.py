@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import aiohttp
 from ait_harness import Coordinator, KeyInfo
 from api_helpers import call
@@ -149,6 +152,29 @@ async def test_operations_endpoints_need_no_key(
     assert samples["ait_db_commit_seconds_count"] == commits
     status, doc, _ = await call(http, "GET", base + "/v1/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.1")
+
+
+async def test_metrics_time_how_long_the_event_loop_was_held(
+    coordinator: Coordinator, http: aiohttp.ClientSession
+) -> None:
+    """Holding the loop for 200 ms makes the lag timer (due every 50 ms) fire 150-200 ms
+    late: the histogram counts a firing above 100 ms (the test shares the coordinator's
+    event loop)."""
+
+    async def over_100ms() -> float:
+        _, text, _ = await call(http, "GET", coordinator.url + "/metrics")
+        assert "# TYPE ait_event_loop_lag_seconds histogram" in text
+        samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+        total = float(samples['ait_event_loop_lag_seconds_bucket{le="+Inf"}'])
+        return total - float(samples['ait_event_loop_lag_seconds_bucket{le="0.1"}'])
+
+    before = await over_100ms()
+    time.sleep(0.2)  # noqa: ASYNC251 - holds the loop, as a long write transaction would
+    for _ in range(40):  # the timer fires once the loop is free (every 50 ms)
+        if await over_100ms() > before:
+            break
+        await asyncio.sleep(0.05)
+    assert await over_100ms() >= before + 1
 
 
 async def test_readyz_is_503_without_a_writer(
