@@ -49,7 +49,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
     """Time the event loop's lag for /metrics while the app runs."""
-    probe = app[LOOP_LAG] = LoopLag()
+    probe = app[LOOP_LAG]
     probe.start()
     try:
         yield
@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
     app[RATE_LIMITER] = RateLimiter()
     app[COORDINATOR_KEY] = identity.load_or_create(settings.key_path)
     app[DATABASE] = Database.create(settings.db_url)
+    app[LOOP_LAG] = LoopLag()
     app.cleanup_ctx.append(_database_ctx)  # first: everything below needs the database
     app.cleanup_ctx.append(_loop_lag_ctx)
     # Plain paths before parametrised ones (/v1/jobs/history before /v1/jobs/{job_id}).

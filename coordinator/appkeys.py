@@ -76,4 +76,4 @@ MINER_REGISTRY: web.AppKey[MinerRegistryProtocol] = web.AppKey("ait_miner_regist
 ADMISSION_DISPATCH: web.AppKey[AdmissionDispatchProtocol] = web.AppKey("ait_admission_dispatch")
 COORDINATOR_KEY: web.AppKey[Ed25519PrivateKey] = web.AppKey("ait_coordinator_key")
 METRICS: web.AppKey[Metrics] = web.AppKey("ait_metrics")
-LOOP_LAG: web.AppKey[LoopLag] = web.AppKey("ait_loop_lag")  # set while the app runs
+LOOP_LAG: web.AppKey[LoopLag] = web.AppKey("ait_loop_lag")  # its timer runs with the app
