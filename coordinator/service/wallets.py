@@ -89,7 +89,8 @@ async def history(
     chain_id = chain_id or None
     count = ledger_store.history_count(address, chain_id, from_ms, to_ms)
     async with core.db.read_long() as conn:  # a count grows with the history
-        total, lowest, highest = (await conn.execute(count)).one()
+        counted, lowest, highest = (await conn.execute(count)).one()
+    total = int(counted)  # PostgreSQL sums to a numeric
     found: list[Transfer] = []
     if total:
         chains = None
@@ -106,9 +107,9 @@ async def history(
             found = [ledger_store.transfer_from_row(row) for row in await conn.execute(page)]
     return {
         "address": address,
-        "chain_id": chain_id or None,
+        "chain_id": chain_id,
         "entries": [entry_view(t, address) for t in found],
-        "total": int(total),
+        "total": total,
         "has_more": offset + len(found) < total,
     }
 
