@@ -93,3 +93,20 @@ def test_seal_bench_times_full_blocks_stored_by_the_real_sealer() -> None:
     assert report["entries_per_block"] == 1000 and report["blocks_timed"] == 1
     assert set(report["store_ms"]) == {"median", "max", "first"}
     assert report["draft_ms"]["median"] > 0
+
+
+def test_ops_bench_settles_every_job_it_submits() -> None:
+    ops_bench = BENCH.with_name("bench_ops.py")
+    done = subprocess.run(
+        [sys.executable, str(ops_bench), "--rounds", "3", "--batch", "5", "--seal-every", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["jobs"] == 15 and report["blocks_sealed"] == 1
+    # Each job paid the miner its output's length at 1 micro-AIT a unit (the 5% fee rounds
+    # to 0): every job was claimed, settled and paid, not just timed.
+    assert report["miner_paid_uait"] == 15 * len(b'{"text": "hello"}')
+    assert set(report["cpu_us_per_job"]) == {"all", "submit", "claim", "complete", "seal"}
