@@ -490,7 +490,11 @@ async def post_many(
             available(held.chain_id, r.miner_address),
             available(held.chain_id, TREASURY_ADDRESS),
         ]
-        ids += [f"{kind}:{r.job_id}" for kind in ("pay", "fee", "refund")]
+        # A pending hold has none of its post's transfers: they are written with the hold's
+        # new status, in one transaction (`_save`). Only a resolved hold's are read, which
+        # tell a replay (`exists`) from a conflict; a settlement skips that read (round 22).
+        if held.status != HoldStatus.PENDING:
+            ids += [f"{kind}:{r.job_id}" for kind in ("pay", "fee", "refund")]
     ledger = await _load(conn, accounts, ids, list(holds.values()))
     settlements = [
         ledger.post(r.job_id, r.miner_address, r.cost_uait, r.fee_bps, now_ms) for r in requests

@@ -13,10 +13,11 @@ to SQLAlchemy.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import exc
@@ -44,13 +45,30 @@ class _Plan:
     binders: tuple[Callable[[Any], Any] | None, ...]
     metadata: SimpleResultMetaData | None  # None: no rows come back
     converters: tuple[Callable[[Any], Any] | None, ...]
+    # Derived: the binders that are set, by position, and (when the statement carries no
+    # values of its own) an itemgetter of the names, which picks a row's arguments in C:
+    # ~1.0 -> ~0.3 us a row, paid for every row of every statement (round 22).
+    bound: tuple[tuple[int, Callable[[Any], Any]], ...] = field(init=False)
+    pick: Callable[[Mapping[str, Any]], Any] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        bound = tuple((i, b) for i, b in enumerate(self.binders) if b is not None)
+        object.__setattr__(self, "bound", bound)
+        single = len(self.names) == 1
+        pick = None if self.fixed or not self.names else operator.itemgetter(*self.names)
+        object.__setattr__(self, "pick", None if single else pick)
 
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        fixed = self.fixed
-        values = [params[name] if name in params else fixed[name] for name in self.names]
-        for i, bind in enumerate(self.binders):
-            if bind is not None:
-                values[i] = bind(values[i])
+        if self.pick is not None:
+            picked: tuple[Any, ...] = self.pick(params)  # KeyError when one is missing
+            if not self.bound:
+                return picked
+            values = list(picked)
+        else:
+            fixed = self.fixed
+            values = [params[name] if name in params else fixed[name] for name in self.names]
+        for i, bind in self.bound:
+            values[i] = bind(values[i])
         return tuple(values)
 
     def rows(self, raw: list[Any]) -> list[Any]:

@@ -185,4 +185,4 @@ def test_ledger_module_is_pure() -> None:
         if isinstance(node, ast.Import)
         for alias in node.names
     }
-    assert imported <= {"__future__", "collections", "dataclasses", "enum", "protocol"}
+    assert imported <= {"__future__", "collections", "dataclasses", "enum", "protocol", "typing"}
