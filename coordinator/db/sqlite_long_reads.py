@@ -35,6 +35,7 @@ class LongReads:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-long-read")
         self._plans = prepared.PlanCache()  # the loop thread's cache is not shared
         self._conn: Connection | None = None  # touched on the worker thread only
+        self._used = False  # a read was queued: the executor has started its thread
 
     @property
     def dialect(self) -> Dialect:
@@ -49,6 +50,7 @@ class LongReads:
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         loop = asyncio.get_running_loop()
+        self._used = True
         return await loop.run_in_executor(self._executor, self._execute_here, statement, parameters)
 
     def _close_here(self) -> None:
@@ -58,8 +60,11 @@ class LongReads:
             self._conn = None
 
     def close(self) -> None:
-        """Close the connection on its thread once the reads queued have run; stop it."""
-        self._executor.submit(self._close_here)
+        """Close the connection on its thread once the reads queued have run; stop it.
+        A process that never read this way (most start-ups and every test app without
+        one) starts no thread just to close nothing."""
+        if self._used:
+            self._executor.submit(self._close_here)
         self._executor.shutdown(wait=True)
         self._engine.dispose()
 

@@ -47,3 +47,21 @@ async def test_sqlite_long_reads_leave_the_event_loop_free(tmp_path: Path) -> No
     # Run on the loop's thread, the count would have let the loop turn once at most.
     assert turns.during > 100, turns.during
     assert not [t for t in threading.enumerate() if t.name.startswith("sqlite-long-read")]
+
+
+async def test_a_database_that_never_read_long_starts_no_thread_to_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def recording_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    async with db.read() as conn:  # an ordinary read: on the loop's thread
+        assert await conn.scalar(text("SELECT 1")) == 1
+    await db.close()
+    assert not [name for name in started if name.startswith("sqlite-long-read")], started
