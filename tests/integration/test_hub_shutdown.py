@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from ait_harness import NO_RATE_LIMITS, Coordinator, KeyInfo
 from api_helpers import call
@@ -22,6 +23,7 @@ from coordinator.app import create_app
 from coordinator.db import schema
 from coordinator.db.database import Database
 from coordinator.hub import HUB
+from coordinator.hub import dispatcher as dispatcher_module
 from coordinator.hub.dispatcher import Hub
 from coordinator.hub.registry import MinerConn
 from coordinator.settings import Settings
@@ -88,31 +90,8 @@ async def test_a_claim_committed_as_the_coordinator_stops_goes_back_to_the_queue
 ) -> None:
     gate, hold = _Held(), _Held()
     r = await _start(db_url, tmp_path)
-    conn = r.conn
     try:
-        await _release(r, draining=True)  # it takes no job for now
-        status, job, _ = await call(
-            http, "POST", r.url + "/v1/jobs", r.client, json={"model": "echo", "input": 1}
-        )
-        assert status == 201, job
-        job_id = str(job["job_id"])
-
-        # The claims' writer (on SQLite the only one) is kept busy by `gate`, so the
-        # dispatcher's claim queues behind it, and `hold` behind the claim: the claim then
-        # runs in a transaction that `hold` keeps open.
-        db = r.coordinator.db
-        writer = db.writers[-1]
-        gating = asyncio.create_task(writer.submit(gate.op))
-        await asyncio.wait_for(gate.entered.wait(), 10)
-        await _release(r, draining=False)  # free: the dispatcher plans
-        await until(lambda: _true(writer.waiting == 1), 5, "the dispatcher's claim to queue")
-        assert conn.reserved == 1
-        holding = asyncio.create_task(writer.submit(hold.op))
-        gate.leave.set()
-        await gating
-        await asyncio.wait_for(hold.entered.wait(), 10)
-        assert await _job(db, job_id) == ("queued", None, 0)  # the claim is not committed
-
+        job_id, holding = await _claim_held_open(r, http, gate, hold)
         await r.stop()
         # The miners' sockets are closed, then the hub stops; only then does the claim
         # commit, for a miner that is gone.
@@ -125,6 +104,63 @@ async def test_a_claim_committed_as_the_coordinator_stops_goes_back_to_the_queue
     finally:
         await _finish(r, gate, hold)
     assert await _job_after(db_url, job_id) == ("queued", None, 1)  # claimed, given back
+
+
+async def test_a_claim_that_outlasts_the_drain_window_does_not_hold_the_hubs_stop(
+    db_url: str, tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub waits for the dispatcher's claim in progress only STOP_DRAIN_S: a claim
+    still uncommitted then is left to commit on its own, and its job stays leased to the
+    gone miner until the lease runs out (the reaper then queues it again)."""
+    monkeypatch.setattr(dispatcher_module, "STOP_DRAIN_S", 0.2)
+    gate, hold = _Held(), _Held()
+    r = await _start(db_url, tmp_path)
+    [dispatching] = [t for t in asyncio.all_tasks() if t.get_name() == "ait-dispatcher"]
+    try:
+        job_id, holding = await _claim_held_open(r, http, gate, hold)
+        await r.stop()
+        await until(lambda: _true(r.hub.stopping), 10, "the hub to stop")
+        # The claim's transaction is still open (`hold`), yet the dispatcher is stopped.
+        await until(lambda: _true(dispatching.done()), 10, "the drain window to pass")
+        assert dispatching.cancelled() and not hold.leave.is_set()
+        hold.leave.set()
+        await holding
+        assert r.stopping is not None
+        await asyncio.wait_for(r.stopping, 20)
+    finally:
+        await _finish(r, gate, hold)
+    status, lease_expires_at_ms, attempts = await _job_after(db_url, job_id)
+    assert (status, attempts) == ("running", 1) and lease_expires_at_ms is not None
+
+
+async def _claim_held_open(
+    r: _Running, http: aiohttp.ClientSession, gate: _Held, hold: _Held
+) -> tuple[str, asyncio.Task[None]]:
+    """A submitted job whose claim by the dispatcher has run but not committed: it runs in
+    a transaction that `hold` keeps open (the task that ends with it is returned)."""
+    await _release(r, draining=True)  # it takes no job for now
+    status, job, _ = await call(
+        http, "POST", r.url + "/v1/jobs", r.client, json={"model": "echo", "input": 1}
+    )
+    assert status == 201, job
+    job_id = str(job["job_id"])
+
+    # The claims' writer (on SQLite the only one) is kept busy by `gate`, so the
+    # dispatcher's claim queues behind it, and `hold` behind the claim: the claim then
+    # runs in a transaction that `hold` keeps open.
+    db = r.coordinator.db
+    writer = db.writers[-1]
+    gating = asyncio.create_task(writer.submit(gate.op))
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    await _release(r, draining=False)  # free: the dispatcher plans
+    await until(lambda: _true(writer.waiting == 1), 5, "the dispatcher's claim to queue")
+    assert r.conn.reserved == 1
+    holding = asyncio.create_task(writer.submit(hold.op))
+    gate.leave.set()
+    await gating
+    await asyncio.wait_for(hold.entered.wait(), 10)
+    assert await _job(db, job_id) == ("queued", None, 0)  # the claim is not committed
+    return job_id, holding
 
 
 async def test_a_lease_made_at_admission_as_the_coordinator_stops_goes_back_to_the_queue(
