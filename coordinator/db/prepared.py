@@ -54,9 +54,10 @@ class _Plan:
     def __post_init__(self) -> None:
         bound = tuple((i, b) for i, b in enumerate(self.binders) if b is not None)
         object.__setattr__(self, "bound", bound)
-        single = len(self.names) == 1
-        pick = None if self.fixed or not self.names else operator.itemgetter(*self.names)
-        object.__setattr__(self, "pick", None if single else pick)
+        # (An itemgetter of one name answers the value itself, not a tuple: those take the
+        # loop, as do statements with values of their own.)
+        picks = not self.fixed and len(self.names) > 1
+        object.__setattr__(self, "pick", operator.itemgetter(*self.names) if picks else None)
 
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         if self.pick is not None:

@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,31 +81,27 @@ def test_bench_refuses_more_wallets_than_clients() -> None:
     assert done.stdout == ""
 
 
-def test_seal_bench_times_full_blocks_stored_by_the_real_sealer() -> None:
-    seal_bench = BENCH.with_name("bench_seal.py")
+def _report_of(script: str, *args: str) -> Any:
+    """The JSON report a bench script beside `scripts/bench` prints for `args`."""
     done = subprocess.run(
-        [sys.executable, str(seal_bench), "--sealed", "1000", "--blocks", "2"],
+        [sys.executable, str(BENCH.with_name(script)), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_seal_bench_times_full_blocks_stored_by_the_real_sealer() -> None:
+    report = _report_of("bench_seal.py", "--sealed", "1000", "--blocks", "2")
     assert report["entries_per_block"] == 1000 and report["blocks_timed"] == 1
     assert set(report["store_ms"]) == {"median", "max", "first"}
     assert report["draft_ms"]["median"] > 0
 
 
 def test_ops_bench_settles_every_job_it_submits() -> None:
-    ops_bench = BENCH.with_name("bench_ops.py")
-    done = subprocess.run(
-        [sys.executable, str(ops_bench), "--rounds", "3", "--batch", "5", "--seal-every", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout)
+    report = _report_of("bench_ops.py", "--rounds", "3", "--batch", "5", "--seal-every", "2")
     assert report["jobs"] == 15 and report["blocks_sealed"] == 1
     # Each job paid the miner its output's length at 1 micro-AIT a unit (the 5% fee rounds
     # to 0): every job was claimed, settled and paid, not just timed.

@@ -97,10 +97,7 @@ async def test_a_claim_committed_as_the_coordinator_stops_goes_back_to_the_queue
         # commit, for a miner that is gone.
         await until(r.miner_gone, 10, "the miner to go")
         await until(lambda: _true(r.hub.stopping), 10, "the hub to stop")
-        hold.leave.set()
-        await holding
-        assert r.stopping is not None
-        await asyncio.wait_for(r.stopping, 20)
+        await _commit_and_stop(r, hold, holding)
     finally:
         await _finish(r, gate, hold)
     assert await _job_after(db_url, job_id) == ("queued", None, 1)  # claimed, given back
@@ -123,10 +120,7 @@ async def test_a_claim_that_outlasts_the_drain_window_does_not_hold_the_hubs_sto
         # The claim's transaction is still open (`hold`), yet the dispatcher is stopped.
         await until(lambda: _true(dispatching.done()), 10, "the drain window to pass")
         assert dispatching.cancelled() and not hold.leave.is_set()
-        hold.leave.set()
-        await holding
-        assert r.stopping is not None
-        await asyncio.wait_for(r.stopping, 20)
+        await _commit_and_stop(r, hold, holding)
     finally:
         await _finish(r, gate, hold)
     status, lease_expires_at_ms, attempts = await _job_after(db_url, job_id)
@@ -195,6 +189,14 @@ async def test_a_lease_made_at_admission_as_the_coordinator_stops_goes_back_to_t
     finally:
         await _finish(r, gate, hold)
     assert await _job_after(db_url, str(job["job_id"])) == ("queued", None, 1)
+
+
+async def _commit_and_stop(r: _Running, hold: _Held, holding: asyncio.Task[None]) -> None:
+    """Let `hold`'s transaction (and the claim run in it) commit, then the stop finish."""
+    hold.leave.set()
+    await holding
+    assert r.stopping is not None
+    await asyncio.wait_for(r.stopping, 20)
 
 
 async def _release(r: _Running, *, draining: bool) -> None:
