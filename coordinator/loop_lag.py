@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 
-from coordinator.metrics import Histogram
+from coordinator.metrics import STALL_SECONDS_BOUNDS, Histogram
 
 INTERVAL_S = 0.05  # 20 timers a second: ~microseconds of the loop's time
-# libuv keeps timers in whole milliseconds: under 1 ms late is the timer's own rounding.
-LAG_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class LoopLag:
@@ -23,7 +21,7 @@ class LoopLag:
     how late it was (seconds) in `histogram`."""
 
     def __init__(self, interval: float = INTERVAL_S) -> None:
-        self.histogram = Histogram(LAG_SECONDS_BOUNDS)
+        self.histogram = Histogram(STALL_SECONDS_BOUNDS)  # the first, 1 ms: libuv's timer rounding
         self._interval = interval
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -48,4 +46,4 @@ class LoopLag:
         self._arm()
 
 
-__all__ = ["INTERVAL_S", "LAG_SECONDS_BOUNDS", "LoopLag"]
+__all__ = ["INTERVAL_S", "LoopLag"]

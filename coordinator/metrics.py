@@ -18,6 +18,12 @@ def _labels(labels: Mapping[str, str]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+# Buckets for stalls of the event loop (1 ms to 1 s): the group commits' durations (on
+# SQLite each one holds the loop) and how late the loop-lag timer fires. One set, so the
+# bench reads both histograms the same way.
+STALL_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
 class Histogram:
     """Observations (seconds) counted into buckets by upper bound, as Prometheus keeps them:
     bucket `le` counts every observation <= le, the last (`+Inf`) all of them."""

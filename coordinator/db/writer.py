@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator.metrics import Histogram
+from coordinator.metrics import STALL_SECONDS_BOUNDS, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ Transaction = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 
 MAX_BATCH = 256  # operations per transaction
 MAX_QUEUE = 10_000  # waiting operations before submit() waits for room
-# Seconds a committed transaction took (/metrics). On SQLite the writer runs on the event
-# loop, so a long one is a stall of every request: the tail's usual suspect.
-COMMIT_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class WriterClosed(RuntimeError):
@@ -67,8 +64,9 @@ class GroupWriter:
         self.batches = 0  # transactions committed (for /metrics)
         self.operations = 0
         self.reruns = 0  # batches run again with savepoints after an operation raised
-        # Shared by a database's writers: /metrics has one histogram of its commits.
-        self.commit_seconds = commit_seconds or Histogram(COMMIT_SECONDS_BOUNDS)
+        # Shared by a database's writers: /metrics has one histogram of its commits (seconds
+        # each took; on SQLite the writer runs on the event loop, so a long one stalls it).
+        self.commit_seconds = commit_seconds or Histogram(STALL_SECONDS_BOUNDS)
 
     @property
     def waiting(self) -> int:
