@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chain.merkle import merkle_root, root_of_leaf_hashes
+from chain.merkle import merkle_root
 from protocol.canonical import canonical_bytes, sha256_hex
 from protocol.keys import PrivateKey, public_key_hex, sign_hex, verify_hex
 from protocol.timefmt import iso_ms
@@ -114,37 +114,55 @@ def seal_block(
     entries: Sequence[Mapping[str, Any]],
     created_at_ms: int,
     private_key: PrivateKey,
-    leaf_hashes: Sequence[bytes] | None = None,
 ) -> dict[str, Any]:
-    """Build and sign one block; raises ValueError on an impossible request.
+    """Build and sign one block; raises ValueError on an impossible request."""
+    if len(entries) > MAX_ENTRIES_PER_BLOCK:
+        raise ValueError(f"a block holds at most {MAX_ENTRIES_PER_BLOCK} entries")
+    entry_list = [dict(entry) for entry in entries]
+    sealed = seal_header(
+        chain_id=chain_id,
+        height=height,
+        prev_hash=prev_hash,
+        merkle_root=merkle_root(entry_list),
+        entry_count=len(entry_list),
+        created_at_ms=created_at_ms,
+        private_key=private_key,
+    )
+    return {**sealed, "entries": entry_list}
 
-    `leaf_hashes`, when given, are `chain.merkle.leaf_hash` of each entry, computed by a
-    caller that spreads the hashing out (the sealer); they are trusted to match."""
+
+def seal_header(
+    *,
+    chain_id: str,
+    height: int,
+    prev_hash: str,
+    merkle_root: str,
+    entry_count: int,
+    created_at_ms: int,
+    private_key: PrivateKey,
+) -> dict[str, Any]:
+    """A block without its entries: header, hash and signature, for entries whose Merkle
+    root the caller has (the sealer, which keeps its entries as canonical bytes and writes
+    the block's body from them); raises ValueError on an impossible request."""
     if height < 0:
         raise ValueError("height must be >= 0")
     if height == 0 and prev_hash != GENESIS_PREV_HASH:
         raise ValueError("the genesis block's prev_hash is 64 zeros")
     if len(prev_hash) != 64:
         raise ValueError("prev_hash must be 64 hex characters")
-    if len(entries) > MAX_ENTRIES_PER_BLOCK:
+    if not 0 <= entry_count <= MAX_ENTRIES_PER_BLOCK:
         raise ValueError(f"a block holds at most {MAX_ENTRIES_PER_BLOCK} entries")
-    entry_list = [dict(entry) for entry in entries]
-    if leaf_hashes is not None and len(leaf_hashes) != len(entry_list):
-        raise ValueError("one leaf hash per entry")
     header: dict[str, Any] = {
         "version": BLOCK_VERSION,
         "chain_id": chain_id,
         "height": height,
         "prev_hash": prev_hash,
-        "merkle_root": (
-            merkle_root(entry_list) if leaf_hashes is None else root_of_leaf_hashes(leaf_hashes)
-        ),
+        "merkle_root": merkle_root,
         "created_at": iso_ms(created_at_ms),
-        "entry_count": len(entry_list),
+        "entry_count": entry_count,
     }
     return {
         "header": header,
-        "entries": entry_list,
         "hash": block_hash(header),
         "signature": sign_header(private_key, header),
     }

@@ -36,7 +36,12 @@ ProofStep = dict[str, str]
 
 def leaf_hash(entry: Any) -> bytes:
     """The 32-byte leaf hash of one entry (any canonicalisable JSON value)."""
-    return hashlib.sha256(LEAF_PREFIX + canonical_bytes(entry)).digest()
+    return leaf_hash_of_bytes(canonical_bytes(entry))
+
+
+def leaf_hash_of_bytes(canonical: bytes) -> bytes:
+    """`leaf_hash` of the entry whose canonical bytes these are."""
+    return hashlib.sha256(LEAF_PREFIX + canonical).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

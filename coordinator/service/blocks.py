@@ -39,10 +39,10 @@ from chain.blocks import (
     GENESIS_PREV_HASH,
     MAX_ENTRIES_PER_BLOCK,
     RECEIPT_TRANSFER_KIND,
-    seal_block,
+    seal_header,
     transfer_entry,
 )
-from chain.merkle import leaf_hash
+from chain.merkle import leaf_hash_of_bytes, root_of_leaf_hashes
 from chain.store import padded
 from coordinator import appkeys
 from coordinator.db.database import Database
@@ -58,9 +58,9 @@ log = logging.getLogger(__name__)
 
 MAX_BLOCKS_PER_ROUND = 20  # a backlog is worked off over rounds, never in one long stall
 # Entries are built and hashed this many at a time, the event loop served in between
-# (~1.5 ms a slice): sealing a second of settlements in one go stalled every request and
-# dispatch for ~40 ms at 100 jobs/s, and the jobs caught in it made the p99
-# (docs/benchmarks.md, round 4).
+# (~1.5 ms a slice when this was set, ~0.1 ms by round 23, entries having got cheaper):
+# sealing a second of settlements in one go stalled every request and dispatch for ~40 ms
+# at 100 jobs/s, and the jobs caught in it made the p99 (docs/benchmarks.md, round 4).
 ENTRIES_PER_SLICE = 8
 # Pending transfers (and their payments' receipts) are read this many at a time, the event
 # loop served between pages: read in one go, a block's 1,000 held the loop for ~7 ms, the
@@ -92,16 +92,17 @@ def _lock_key(chain_id: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+_TIP = (
+    select(chain_blocks.c.height, chain_blocks.c.hash, chain_blocks.c.signature)
+    .where(chain_blocks.c.chain_id == bindparam("t_chain"))
+    .order_by(chain_blocks.c.height.desc())
+    .limit(1)
+)
+
+
 async def _tip(conn: AsyncConnection, chain_id: str) -> tuple[int, str, str | None]:
     """(next height, prev_hash, public key that signed the last block) of a chain."""
-    row = (
-        await conn.execute(
-            select(chain_blocks.c.height, chain_blocks.c.hash, chain_blocks.c.signature)
-            .where(chain_blocks.c.chain_id == chain_id)
-            .order_by(chain_blocks.c.height.desc())
-            .limit(1)
-        )
-    ).first()
+    row = (await conn.execute(_TIP, {"t_chain": chain_id})).first()
     if row is None:
         return 0, GENESIS_PREV_HASH, None
     signer = json.loads(row.signature).get("public_key")
@@ -180,9 +181,10 @@ async def _pending_rows(
 
 @dataclass(frozen=True)
 class _Draft:
-    """A sealed block not yet stored: its chain_blocks row, and the transfer rows storing
-    it must stamp. The row's JSON is serialised here, outside the write transaction
-    (~1 ms for a block of 1,000 entries that every other write would wait on)."""
+    """A sealed block not yet stored: its header, hash and signature (`block`, no entries),
+    its chain_blocks row, and the transfer rows storing it must stamp. The row's JSON is
+    serialised here, outside the write transaction (~1 ms for a block of 1,000 entries
+    that every other write would wait on)."""
 
     block: dict[str, Any]
     row: dict[str, Any]
@@ -225,7 +227,7 @@ async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -
             f"holds {public_key_hex(key)[:16]}...; copy the chain's coordinator.key here"
         )
     seqs: list[int] = []
-    entries: list[dict[str, Any]] = []
+    entries: list[bytes] = []  # canonical: each hashed for its leaf, all joined for the body
     leaves: list[bytes] = []
     pending = contextlib.aclosing(_pending_entries(db, chain_id, rows, signed))
     async with pending as transfers:
@@ -250,21 +252,22 @@ async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -
                 receipt=None if stored is None else orjson.loads(stored[0]),
                 receipt_signature=None if stored is None else orjson.loads(stored[1]),
             )
+            data = canonical_bytes(entry)
             seqs.append(int(seq))
-            entries.append(entry)
-            leaves.append(leaf_hash(entry))
+            entries.append(data)
+            leaves.append(leaf_hash_of_bytes(data))
             if len(entries) == MAX_ENTRIES_PER_BLOCK:
                 break
     if not entries:
         return None
-    block = seal_block(
+    block = seal_header(
         chain_id=chain_id,
         height=height,
         prev_hash=prev_hash,
-        entries=entries,
+        merkle_root=root_of_leaf_hashes(leaves),
+        entry_count=len(entries),
         created_at_ms=now,
         private_key=key,
-        leaf_hashes=leaves,
     )
     header = block["header"]
     row = {
@@ -275,7 +278,9 @@ async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -
         "merkle_root": header["merkle_root"],
         "created_at_ms": now,
         "header": canonical_bytes(header).decode(),
-        "body": orjson.dumps(block["entries"]).decode(),
+        # The entries as a JSON array of their canonical forms: the bytes just hashed, not
+        # a second encoding of every entry (docs/benchmarks.md, round 23).
+        "body": (b"[" + b",".join(entries) + b"]").decode(),
         "signature": orjson.dumps(block["signature"]).decode(),
     }
     return _Draft(block, row, seqs)
@@ -304,16 +309,17 @@ async def _store_block(
     return draft.block
 
 
+_ANY_PENDING = (
+    select(ledger_transfers.c.seq)
+    .where(ledger_transfers.c.chain_id == bindparam("a_chain"))
+    .where(ledger_transfers.c.block_height.is_(None))
+    .limit(1)
+)
+
+
 async def _has_pending(db: Database, chain_id: str) -> bool:
     async with db.read() as conn:
-        row = (
-            await conn.execute(
-                select(ledger_transfers.c.seq)
-                .where(ledger_transfers.c.chain_id == chain_id)
-                .where(ledger_transfers.c.block_height.is_(None))
-                .limit(1)
-            )
-        ).first()
+        row = (await conn.execute(_ANY_PENDING, {"a_chain": chain_id})).first()
     return row is not None
 
 

@@ -25,7 +25,7 @@ from chain.merkle import verify_proof
 from chain.receipts import build_receipt, sign_receipt
 from chain.verify import verify_chain
 from coordinator.db.database import Database
-from coordinator.db.schema import ledger_transfers, receipts
+from coordinator.db.schema import chain_blocks, ledger_transfers, receipts
 from coordinator.service import block_reads
 from coordinator.service import blocks as sealer
 from coordinator.service.block_reads import chain_gauges, chain_height, get_blocks
@@ -39,6 +39,7 @@ from coordinator.service.blocks import (
     seal_pending,
 )
 from coordinator.settings import Settings
+from protocol.canonical import canonical_bytes
 from protocol.keys import address_of, generate_private_key, public_key_hex
 from protocol.timefmt import now_ms
 
@@ -241,6 +242,13 @@ async def test_a_page_of_blocks_stops_at_its_entry_budget(
     parsed = await get_blocks(db, CHAIN, limit=2)
     assert all(isinstance(b["entries"], orjson.Fragment) for b in stored)
     assert orjson.loads(orjson.dumps(stored)) == parsed
+    # As stored (and so as a page answers them), a block's entries are the canonical bytes
+    # its leaves hash, not a second encoding of them.
+    async with db.read() as conn:
+        bodies = (await conn.execute(select(chain_blocks.c.body))).scalars().all()
+    for body in bodies:
+        canonical = [canonical_bytes(entry) for entry in orjson.loads(body)]
+        assert body.encode() == b"[" + b",".join(canonical) + b"]"
     assert [len(b["entries"]) for b in parsed] == [1, 4]
     monkeypatch.setattr(block_reads, "MAX_ENTRIES_PER_PAGE", 3)
     assert [b["header"]["height"] for b in await get_blocks(db, CHAIN, 1)] == [1]

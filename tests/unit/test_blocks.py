@@ -10,10 +10,18 @@ from chain.blocks import (
     job_id_of_transfer,
     kind_of_transfer,
     seal_block,
+    seal_header,
     transfer_entry,
     verify_header_signature,
 )
-from chain.merkle import leaf_hash, merkle_proof, merkle_root, verify_proof
+from chain.merkle import (
+    leaf_hash,
+    leaf_hash_of_bytes,
+    merkle_proof,
+    merkle_root,
+    root_of_leaf_hashes,
+    verify_proof,
+)
 from protocol.canonical import canonical_bytes, sha256_hex
 from protocol.keys import address_of, generate_private_key, public_key_hex
 
@@ -125,21 +133,40 @@ def test_seal_genesis_and_next_block() -> None:
     assert second["hash"] != genesis["hash"]
 
 
-def test_precomputed_leaf_hashes_give_the_same_block() -> None:
+def test_a_header_sealed_over_leaf_hashes_is_the_blocks_own() -> None:
+    # The sealer keeps entries as canonical bytes and seals the header over their hashes.
     key = generate_private_key()
     entries = [_mint(i, address_of(key)) for i in range(5)]
-    fields = {
-        "chain_id": "ait-devnet",
-        "height": 0,
-        "prev_hash": GENESIS_PREV_HASH,
-        "entries": entries,
-        "created_at_ms": T0,
-        "private_key": key,
-    }
-    hashes = [leaf_hash(entry) for entry in entries]
-    assert seal_block(**fields, leaf_hashes=hashes) == seal_block(**fields)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="one leaf hash per entry"):
-        seal_block(**fields, leaf_hashes=hashes[:4])  # type: ignore[arg-type]
+    block = seal_block(
+        chain_id="ait-devnet",
+        height=0,
+        prev_hash=GENESIS_PREV_HASH,
+        entries=entries,
+        created_at_ms=T0,
+        private_key=key,
+    )
+    leaves = [leaf_hash_of_bytes(canonical_bytes(entry)) for entry in entries]
+    assert leaves == [leaf_hash(entry) for entry in entries]
+    header_only = seal_header(
+        chain_id="ait-devnet",
+        height=0,
+        prev_hash=GENESIS_PREV_HASH,
+        merkle_root=root_of_leaf_hashes(leaves),
+        entry_count=len(entries),
+        created_at_ms=T0,
+        private_key=key,
+    )
+    assert {**header_only, "entries": entries} == block
+    with pytest.raises(ValueError, match="at most"):
+        seal_header(
+            chain_id="ait-devnet",
+            height=1,
+            prev_hash=block["hash"],
+            merkle_root=root_of_leaf_hashes(leaves),
+            entry_count=1001,
+            created_at_ms=T0,
+            private_key=key,
+        )
 
 
 def test_header_signature_rejects_changes_and_other_keys() -> None:
