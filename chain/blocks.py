@@ -116,8 +116,6 @@ def seal_block(
     private_key: PrivateKey,
 ) -> dict[str, Any]:
     """Build and sign one block; raises ValueError on an impossible request."""
-    if len(entries) > MAX_ENTRIES_PER_BLOCK:
-        raise ValueError(f"a block holds at most {MAX_ENTRIES_PER_BLOCK} entries")
     entry_list = [dict(entry) for entry in entries]
     sealed = seal_header(
         chain_id=chain_id,
@@ -150,7 +148,9 @@ def seal_header(
         raise ValueError("the genesis block's prev_hash is 64 zeros")
     if len(prev_hash) != 64:
         raise ValueError("prev_hash must be 64 hex characters")
-    if not 0 <= entry_count <= MAX_ENTRIES_PER_BLOCK:
+    if entry_count < 0:
+        raise ValueError("entry_count must be >= 0")
+    if entry_count > MAX_ENTRIES_PER_BLOCK:
         raise ValueError(f"a block holds at most {MAX_ENTRIES_PER_BLOCK} entries")
     header: dict[str, Any] = {
         "version": BLOCK_VERSION,

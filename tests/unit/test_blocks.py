@@ -219,3 +219,12 @@ def test_seal_refuses_impossible_blocks() -> None:
             created_at_ms=T0,
             private_key=key,
         )
+    with pytest.raises(ValueError, match="at most 1000 entries"):
+        seal_block(
+            chain_id="c",
+            height=1,
+            prev_hash="1" * 64,
+            entries=[_mint(i, ISSUANCE) for i in range(1001)],
+            created_at_ms=T0,
+            private_key=key,
+        )
