@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from chain.blocks import (
@@ -23,7 +25,7 @@ from chain.merkle import (
     verify_proof,
 )
 from protocol.canonical import canonical_bytes, sha256_hex
-from protocol.keys import address_of, generate_private_key, public_key_hex
+from protocol.keys import PrivateKey, address_of, generate_private_key, public_key_hex
 
 ISSUANCE = "ait1" + "0" * 40
 T0 = 1_790_000_000_000
@@ -39,6 +41,17 @@ def _mint(n: int, address: str) -> dict[str, object]:
         credit_kind="available",
         amount_uait=1_000_000 * (n + 1),
         created_at_ms=T0 + n,
+    )
+
+
+def _genesis(key: PrivateKey, entries: list[dict[str, object]]) -> dict[str, Any]:
+    return seal_block(
+        chain_id="ait-devnet",
+        height=0,
+        prev_hash=GENESIS_PREV_HASH,
+        entries=entries,
+        created_at_ms=T0,
+        private_key=key,
     )
 
 
@@ -95,14 +108,7 @@ def test_seal_genesis_and_next_block() -> None:
     key = generate_private_key()
     address = address_of(key)
     entries = [_mint(i, address) for i in range(3)]
-    genesis = seal_block(
-        chain_id="ait-devnet",
-        height=0,
-        prev_hash=GENESIS_PREV_HASH,
-        entries=entries,
-        created_at_ms=T0,
-        private_key=key,
-    )
+    genesis = _genesis(key, entries)
     header = genesis["header"]
     assert header == {
         "version": 1,
@@ -137,14 +143,7 @@ def test_a_header_sealed_over_leaf_hashes_is_the_blocks_own() -> None:
     # The sealer keeps entries as canonical bytes and seals the header over their hashes.
     key = generate_private_key()
     entries = [_mint(i, address_of(key)) for i in range(5)]
-    block = seal_block(
-        chain_id="ait-devnet",
-        height=0,
-        prev_hash=GENESIS_PREV_HASH,
-        entries=entries,
-        created_at_ms=T0,
-        private_key=key,
-    )
+    block = _genesis(key, entries)
     leaves = [leaf_hash_of_bytes(canonical_bytes(entry)) for entry in entries]
     assert leaves == [leaf_hash(entry) for entry in entries]
     header_only = seal_header(
@@ -171,14 +170,7 @@ def test_a_header_sealed_over_leaf_hashes_is_the_blocks_own() -> None:
 
 def test_header_signature_rejects_changes_and_other_keys() -> None:
     key, other = generate_private_key(), generate_private_key()
-    block = seal_block(
-        chain_id="ait-devnet",
-        height=0,
-        prev_hash=GENESIS_PREV_HASH,
-        entries=[],
-        created_at_ms=T0,
-        private_key=key,
-    )
+    block = _genesis(key, [])
     assert block["header"]["entry_count"] == 0
     edited = {**block["header"], "created_at": "2026-09-21T14:13:20.001Z"}
     assert "does not verify" in str(
