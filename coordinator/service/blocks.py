@@ -3,7 +3,8 @@
 Every `block_interval_seconds` the sealer takes, per configured chain, the transfers not
 yet in a block (`ledger_transfers.block_height IS NULL`, in `seq` order), attaches the
 signed receipt each payment settles and seals them into the next block with the
-coordinator key (chain.blocks.seal_block). That part reads committed rows a page at a time
+coordinator key (each entry's canonical bytes hashed for its leaf and joined for the body;
+the header by chain.blocks.seal_header). That part reads committed rows a page at a time
 and runs outside any write transaction, handing the event loop back between pages and
 slices of entries, so neither the group-commit writer nor request handling waits for it.
 Then one short transaction inserts the block and stamps `block_height` on its transfers (a
