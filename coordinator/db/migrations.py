@@ -75,12 +75,26 @@ async def _running_by_miner(conn: AsyncConnection) -> None:
     await conn.run_sync(running.create)
 
 
+# The status-led jobs indexes that version 6 made partial.
+_SWEEP_INDEXES = ("ix_jobs_queue", "ix_jobs_lease", "ix_jobs_deadline")
+
+
+async def _partial_sweep_indexes(conn: AsyncConnection) -> None:
+    """6: the queue, lease and deadline indexes hold only the jobs their reads look for
+    (queued; running; queued or running), so an ended job leaves them."""
+    for index in schema.jobs.indexes:
+        if index.name in _SWEEP_INDEXES:
+            await conn.execute(text(f"DROP INDEX {index.name}"))
+            await conn.run_sync(index.create)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", None),
     Migration(2, "unsealed transfers index; receipts sealed with payment", _seal_by_payment),
     Migration(3, "indexes for job listings and recent completions", _read_indexes),
     Migration(4, "credit index of transfers from another address", _credits_from_another),
     Migration(5, "index of running jobs by miner", _running_by_miner),
+    Migration(6, "queue, lease and deadline indexes of unended jobs only", _partial_sweep_indexes),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -318,16 +318,16 @@ class Admission:
 # miner that serves one of them would pass a job queued before it. Read off the queue
 # index, QUEUED_MODELS_READ rows at most: a longer queue holds every claim back.
 QUEUED_MODELS_READ = 512
-_QUEUED_MODELS = (
+QUEUED_MODELS = (
     select(jobs.c.model)
-    .where(jobs.c.status == JobStatus.QUEUED.value)
+    .where(schema.QUEUED_ONLY)  # ix_jobs_queue's predicate
     .limit(QUEUED_MODELS_READ + 1)
 )
 
 
 async def _queued_models(conn: AsyncConnection) -> set[str] | None:
     """The models of the queued jobs; None when more are queued than are read."""
-    models = [row[0] for row in await conn.execute(_QUEUED_MODELS)]
+    models = [row[0] for row in await conn.execute(QUEUED_MODELS)]
     return None if len(models) > QUEUED_MODELS_READ else set(models)
 
 

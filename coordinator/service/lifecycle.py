@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select
+from sqlalchemy import Integer, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chain import store as ledger_store
@@ -113,7 +113,7 @@ async def list_queued(
     update of a job sets updated_at_ms."""
     cache: QueuedCache = {} if parsed is None else parsed
     async with core.db.read() as conn:
-        rows = (await conn.execute(_QUEUED, {"q_limit": limit})).all()
+        rows = (await conn.execute(QUEUE_HEAD, {"q_limit": limit})).all()
     if len(cache) + len(rows) > MAX_PARSED_QUEUED:
         cache.clear()  # jobs claimed long ago; refilled from this round's rows
     found = []
@@ -187,11 +187,11 @@ _QUEUED_COLUMNS = (
     "max_price_uait", "estimated_units", "estimated_cost_uait", "created_at_ms", "extra",
     "attempts", "updated_at_ms",  # last: the parse cache's key (list_queued)
 )  # fmt: skip
-_QUEUED = (
+QUEUE_HEAD = (
     select(*(jobs.c[name] for name in _QUEUED_COLUMNS))
-    .where(jobs.c.status == JobStatus.QUEUED.value)
+    .where(schema.QUEUED_ONLY)  # ix_jobs_queue's predicate
     .order_by(jobs.c.priority.desc(), jobs.c.created_at_ms, jobs.c.job_id)
-    .limit(bindparam("q_limit"))
+    .limit(bindparam("q_limit", type_=Integer))
 )
 
 
@@ -469,16 +469,26 @@ async def end_job(core: Core, job_id: str, status: JobStatus, error: str | None)
 
 
 # -- sweeps (the hub's reaper calls these periodically) ----------------------------------------
+# Built once; each implies its partial index's predicate (coordinator.db.schema).
+EXPIRED_LEASES = (
+    select(jobs.c.job_id, jobs.c.miner_id)
+    # The status is checked, not searched by (an index of running jobs would serve it).
+    .where(jobs.c.lease_expires_at_ms < bindparam("e_now"), no_index(jobs.c.status) == "running")
+    .limit(bindparam("e_limit", type_=Integer))
+)
+PAST_DEADLINE = (
+    select(jobs.c.job_id)
+    .where(schema.NOT_ENDED, jobs.c.deadline_ms <= bindparam("d_now"))
+    .limit(bindparam("d_limit", type_=Integer))
+)
+
+
 async def expire_leases(core: Core, now: int | None = None, limit: int = 200) -> list[Change]:
     """Running jobs whose lease ran out go back to the queue, or fail after max_attempts."""
     now = now_ms() if now is None else now
-    query = (
-        select(jobs.c.job_id, jobs.c.miner_id)
-        .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at_ms < now)
-        .limit(limit)
-    )
     async with core.db.read() as conn:
-        expired = [(row.job_id, row.miner_id) for row in await conn.execute(query)]
+        rows = await conn.execute(EXPIRED_LEASES, {"e_now": now, "e_limit": limit})
+        expired = [(job_id, miner_id) for job_id, miner_id in rows]
     changes = []
     for job_id, miner_id in expired:
 
@@ -507,16 +517,8 @@ async def time_out_jobs(core: Core, now: int | None = None, limit: int = 200) ->
     """Jobs past their deadline end `timed_out`, escrow back; a cancel event tells the hub
     to stop the miner that ran it."""
     now = now_ms() if now is None else now
-    query = (
-        select(jobs.c.job_id)
-        .where(
-            jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-            jobs.c.deadline_ms <= now,
-        )
-        .limit(limit)
-    )
     async with core.db.read() as conn:
-        due = [row.job_id for row in await conn.execute(query)]
+        due = list((await conn.execute(PAST_DEADLINE, {"d_now": now, "d_limit": limit})).scalars())
     changes = []
     for job_id in due:
         change = await end_job(

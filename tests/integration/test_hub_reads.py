@@ -14,13 +14,21 @@ from __future__ import annotations
 from typing import Any
 
 from ait_harness import query_plan
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from test_job_listing import _job as listing_row
 
 from coordinator.db.database import Database
 from coordinator.db.schema import jobs
 from coordinator.domain.jobs import JobStatus
-from coordinator.service.lifecycle import RUNNING_ON_MINER, claimable_rows
+from coordinator.service.jobs import QUEUED_MODELS
+from coordinator.service.lifecycle import (
+    EXPIRED_LEASES,
+    PAST_DEADLINE,
+    QUEUE_HEAD,
+    RUNNING_ON_MINER,
+    claimable_rows,
+)
 
 
 def _job(index: int) -> dict[str, Any]:
@@ -68,3 +76,81 @@ async def test_a_miners_hello_reads_its_running_jobs_by_miner(db: Database) -> N
     expected = [r["job_id"] for r in ROWS if (r["status"], r["miner_id"]) == ("running", "miner_3")]
     assert sorted(found) == expected and len(expected) == 14
     assert "ix_jobs_running_miner" in plan, plan
+
+
+def _swept(index: int) -> dict[str, Any]:
+    """_job's row with a deadline (ms 1,000 + index) and, running, a lease (ms 500 +
+    index); of mixed priorities, so the queue's order is not the rows' own."""
+    row = _job(index)
+    running = row["status"] == JobStatus.RUNNING.value
+    return {
+        **row,
+        "priority": index % 3,
+        "deadline_ms": 1_000 + index,
+        "lease_expires_at_ms": 500 + index if running else None,
+    }
+
+
+SWEPT = [_swept(i) for i in range(300)]
+NOT_ENDED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+async def _plan_as_run(conn: AsyncConnection, statement: Any, binds: dict[str, Any]) -> str:
+    """The plan of `statement` as the coordinator runs it: on SQLite with its parameters
+    bound, not rendered as literals; on PostgreSQL `query_plan`'s."""
+    if conn.dialect.name == "postgresql":
+        return await query_plan(conn, statement.params(binds))
+    compiled = statement.compile(dialect=conn.dialect)
+    values = compiled.construct_params(binds)
+    positional = tuple(values[name] for name in compiled.positiontup or ())
+    rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), positional)
+    return "\n".join(str(row.detail) for row in rows)
+
+
+async def test_the_queue_and_the_reapers_sweeps_read_off_indexes_of_unended_jobs(
+    db: Database,
+) -> None:
+    """The queue's head, its models, expired leases and passed deadlines: each read off
+    its partial index (schema version 6), which serves only a query whose WHERE implies
+    the index's, and each answering what the rows say."""
+    reads = {
+        "ix_jobs_queue": (QUEUE_HEAD, {"q_limit": 10}),
+        "ix_jobs_lease": (EXPIRED_LEASES, {"e_now": 650, "e_limit": 1_000}),
+        "ix_jobs_deadline": (PAST_DEADLINE, {"d_now": 1_100, "d_limit": 1_000}),
+    }
+
+    async def check(conn: AsyncConnection) -> dict[str, tuple[list[Any], str]]:
+        await conn.execute(jobs.insert(), SWEPT)
+        found: dict[str, tuple[list[Any], str]] = {
+            index["name"]: ([], str(index.get("dialect_options", {})))
+            for index in await conn.run_sync(lambda c: inspect(c).get_indexes("jobs"))
+            if index["name"] in reads
+        }
+        # Partial on the server: an ended job has no entry in them.
+        assert len(found) == 3 and all("_where" in where for _, where in found.values()), found
+        for index, (statement, binds) in reads.items():
+            rows = [tuple(row) for row in await conn.execute(statement, binds)]
+            found[index] = rows, await _plan_as_run(conn, statement, binds)
+        models = [tuple(row) for row in await conn.execute(QUEUED_MODELS)]
+        found["models"] = models, await _plan_as_run(conn, QUEUED_MODELS, {})
+        return found
+
+    found = await db.write(check)
+    for index, (_, plan) in found.items():
+        if index == "models":  # either index that leads with the status finds the queued
+            assert "ix_jobs_queue" in plan or "ix_jobs_status_created" in plan, plan
+        else:
+            assert index in plan, (index, plan)
+
+    queued = [r for r in SWEPT if r["status"] == JobStatus.QUEUED.value]
+    queued.sort(key=lambda r: (-r["priority"], r["created_at_ms"], r["job_id"]))
+    assert [row[0] for row in found["ix_jobs_queue"][0]] == [r["job_id"] for r in queued[:10]]
+    assert found["models"][0] == [("gpt2",)] * len(queued)
+    expired = {
+        (r["job_id"], r["miner_id"])
+        for r in SWEPT
+        if r["status"] == JobStatus.RUNNING.value and r["lease_expires_at_ms"] < 650
+    }
+    assert set(found["ix_jobs_lease"][0]) == expired and len(expired) == 50
+    due = {(r["job_id"],) for r in SWEPT if r["status"] in NOT_ENDED and r["deadline_ms"] <= 1_100}
+    assert set(found["ix_jobs_deadline"][0]) == due and len(due) == 68

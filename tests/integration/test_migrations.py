@@ -24,11 +24,18 @@ CHAIN = "ait-devnet"
 COORDINATOR = generate_private_key()
 
 # What version 1 had where later versions differ (the upgrade test rebuilds it from the
-# current schema): version 5's index of running jobs by miner did not exist; version 4's
+# current schema): version 6's queue, lease and deadline indexes held every job; version
+# 5's index of running jobs by miner did not exist; version 4's
 # credit index of transfers held every credit; version 3's read indexes of jobs were one,
 # a client's jobs by time; version 2's unsealed transfers were an index of every transfer
 # by (chain, block), and receipts were stamped too.
 _BACK_TO_VERSION_1 = (
+    "DROP INDEX ix_jobs_queue",
+    "DROP INDEX ix_jobs_lease",
+    "DROP INDEX ix_jobs_deadline",
+    "CREATE INDEX ix_jobs_queue ON jobs (status, priority DESC, created_at_ms)",
+    "CREATE INDEX ix_jobs_lease ON jobs (status, lease_expires_at_ms)",
+    "CREATE INDEX ix_jobs_deadline ON jobs (status, deadline_ms)",
     "DROP INDEX ix_jobs_running_miner",
     "DROP INDEX ix_jobs_client_created",
     "DROP INDEX ix_jobs_client_status",
