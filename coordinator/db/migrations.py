@@ -75,13 +75,13 @@ async def _running_by_miner(conn: AsyncConnection) -> None:
     await conn.run_sync(running.create)
 
 
-# The status-led jobs indexes that version 6 made partial.
+# The jobs indexes that version 6 made partial.
 _SWEEP_INDEXES = ("ix_jobs_queue", "ix_jobs_lease", "ix_jobs_deadline")
 
 
 async def _partial_sweep_indexes(conn: AsyncConnection) -> None:
     """6: the queue, lease and deadline indexes hold only the jobs their reads look for
-    (queued; running; queued or running), so an ended job leaves them."""
+    (queued; holding a lease; queued or running), so an ended job leaves them."""
     for index in schema.jobs.indexes:
         if index.name in _SWEEP_INDEXES:
             await conn.execute(text(f"DROP INDEX {index.name}"))

@@ -107,8 +107,8 @@ jobs = Table(
 # version 6): a job leaves them when it ends instead of moving to another key, so its
 # status changes rewrite fewer index entries (docs/benchmarks.md, round 24). A planner
 # uses a partial index only for a query whose WHERE implies the index's, so their reads
-# state the predicates as literals: a prepared statement's generic plan on PostgreSQL
-# knows nothing of a parameter's value (SQLite re-plans when the value is bound).
+# state the status predicates as literals: a prepared statement's generic plan on
+# PostgreSQL knows nothing of a parameter's value (SQLite re-plans once it is bound).
 QUEUED_ONLY = jobs.c.status == literal_column("'queued'")
 # The queue: claims scan queued jobs by priority then age. `status` stays the first
 # column, so the queue read's equality on it rates this index as before (no statistics).

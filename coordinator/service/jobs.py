@@ -315,14 +315,11 @@ class Admission:
 
 
 # The models of queued jobs, another process's included: a claim made at admission on a
-# miner that serves one of them would pass a job queued before it. Read off the queue
-# index, QUEUED_MODELS_READ rows at most: a longer queue holds every claim back.
+# miner that serves one of them would pass a job queued before it. Read off an index led
+# by the status (the queue's or the listings'), QUEUED_MODELS_READ rows at most: a longer
+# queue holds every claim back.
 QUEUED_MODELS_READ = 512
-QUEUED_MODELS = (
-    select(jobs.c.model)
-    .where(schema.QUEUED_ONLY)  # ix_jobs_queue's predicate
-    .limit(QUEUED_MODELS_READ + 1)
-)
+QUEUED_MODELS = select(jobs.c.model).where(schema.QUEUED_ONLY).limit(QUEUED_MODELS_READ + 1)
 
 
 async def _queued_models(conn: AsyncConnection) -> set[str] | None:

@@ -7,7 +7,8 @@ as a list of ids on the primary key. A claim round took a status index and walke
 queued job to find the few it claimed (18 ms a round on SQLite with 100,000 queued, 20 ms
 on PostgreSQL; 0.2-0.3 ms by key); a miner's hello walked every running job to find its
 own (8 ms with 40,000 running, once per miner when thousands reconnect). On SQLite both
-ran on the event loop (docs/benchmarks.md, round 15)."""
+ran on the event loop (docs/benchmarks.md, round 15). The queue's head and the reaper's
+sweeps read partial indexes of unended jobs (round 24)."""
 
 from __future__ import annotations
 
