@@ -397,6 +397,13 @@ async def test_a_chain_is_never_signed_by_two_keys(db: Database) -> None:
     await _mint(db, 1)
     with pytest.raises(ForeignSigner, match=r"coordinator\.key"):
         await seal_pending(db, CHAIN, other)
+    # Another process, which has not seen this chain's tip, reads its signer off the block.
+    elsewhere = await Database.open(db.url)
+    try:
+        with pytest.raises(ForeignSigner, match=r"coordinator\.key"):
+            await seal_pending(elsewhere, CHAIN, other)
+    finally:
+        await elsewhere.close()
     assert len(await _all_blocks(db)) == 1  # nothing sealed with the other key
     assert await seal_pending(db, CHAIN, COORDINATOR) == 1
     report = verify_chain(await _all_blocks(db), PUB, await _live(db))
