@@ -251,11 +251,16 @@ class CoordinatorClient:
             yield payload
 
     async def all_events(
-        self, *, idle_timeout: float | None = None
+        self, *, idle_timeout: float | None = None, statuses: Sequence[str] = ()
     ) -> AsyncIterator[dict[str, Any]]:
         """GET /v1/jobs/events: events of all the caller's jobs from now on, as `events`
-        gives them (`type` "status", "progress" or "dropped"); never ends by itself."""
-        async for payload in self._stream("/v1/jobs/events", "event stream", idle_timeout):
+        gives them (`type` "status", "progress" or "dropped"); never ends by itself.
+        `statuses` (e.g. the ends: "completed", "failed", "cancelled", "timed_out"): only
+        the status events of jobs entering those, and progress only with "running"."""
+        path = "/v1/jobs/events"
+        if statuses:
+            path += "?status=" + quote(",".join(statuses), safe=",")
+        async for payload in self._stream(path, "event stream", idle_timeout):
             yield payload
 
     async def _stream(

@@ -105,8 +105,10 @@ class Client:
     def events(self, job_id: str, *, idle_timeout: float | None = None) -> Iterator[dict[str, Any]]:
         return self._iterate(self.aio.events(job_id, idle_timeout=idle_timeout))
 
-    def all_events(self, *, idle_timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        return self._iterate(self.aio.all_events(idle_timeout=idle_timeout))
+    def all_events(
+        self, *, idle_timeout: float | None = None, statuses: Sequence[str] = ()
+    ) -> Iterator[dict[str, Any]]:
+        return self._iterate(self.aio.all_events(idle_timeout=idle_timeout, statuses=statuses))
 
     def wait(
         self,

@@ -49,15 +49,34 @@ Index = dict[str | None, set["Subscription"]]
 
 class Subscription:
     """A bounded queue of the events of one job, one client's jobs, or a kind (`EVERY`,
-    `CANCELS`): `index[key]` of the bus holds it while subscribed."""
+    `CANCELS`): `index[key]` of the bus holds it while subscribed. With `statuses`, only
+    status events of jobs entering one of them are kept, and progress events only when
+    `running` is one (progress is what a running job reports)."""
 
-    def __init__(self, index: Index, key: str | None, queue_size: int) -> None:
+    def __init__(
+        self,
+        index: Index,
+        key: str | None,
+        queue_size: int,
+        statuses: frozenset[str] | None = None,
+    ) -> None:
         self._index = index
         self._key = key
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
+        self._statuses = statuses
+        self._progress = statuses is None or "running" in statuses
         self.dropped = 0  # events dropped so far because the subscriber fell behind
 
     def _put(self, event: dict[str, Any]) -> None:
+        # Left out before it is queued: a stream that waits for ends only would otherwise
+        # format and send every job's queued and running views as well (round 25).
+        statuses = self._statuses
+        if statuses is not None:
+            kind = event.get("type")
+            if kind == "status" and event.get("status") not in statuses:
+                return
+            if kind == "progress" and not self._progress:
+                return
         if self._queue.full():  # keep the newest: a stream wants the latest state
             self._queue.get_nowait()
             self.dropped += 1
@@ -150,17 +169,19 @@ class JobBus:
         queue_size: int = SUBSCRIPTION_QUEUE,
         *,
         owner: str | None = None,
+        statuses: frozenset[str] | None = None,
     ) -> AsyncIterator[Subscription]:
         """Events of one job; with `job_id=None`, the status and progress events of every
         job of `owner` (a client's stream of all its jobs), or every event when `owner` is
-        None too (an admin's stream); at most `queue_size` kept unread."""
+        None too (an admin's stream); at most `queue_size` kept unread. `statuses`: keep
+        only the status events of jobs entering one of them (see `Subscription`)."""
         if job_id is not None:
             index, key = self._by_job, job_id
         elif owner is not None:
             index, key = self._by_owner, owner
         else:
             index, key = self._by_kind, EVERY
-        async with self._subscribed(index, key, queue_size) as sub:
+        async with self._subscribed(index, key, queue_size, statuses) as sub:
             yield sub
 
     def subscribe_cancels(
@@ -171,9 +192,13 @@ class JobBus:
 
     @contextlib.asynccontextmanager
     async def _subscribed(
-        self, index: Index, key: str | None, queue_size: int
+        self,
+        index: Index,
+        key: str | None,
+        queue_size: int,
+        statuses: frozenset[str] | None = None,
     ) -> AsyncIterator[Subscription]:
-        sub = Subscription(index, key, queue_size)
+        sub = Subscription(index, key, queue_size, statuses)
         index.setdefault(key, set()).add(sub)
         try:
             yield sub

@@ -343,6 +343,15 @@ JOB_ID = [_path("job_id")]
 ADDRESS = [_path("address", "address")]
 CHAIN_ID = _query("chain_id", _str("default: the coordinator's default chain"))
 DATES = (_query("from", "date"), _query("to", "date"))
+# Comma-separated (`?status=completed,failed`): only the status events of jobs entering
+# those statuses, and progress only with `running`.
+STATUS_FILTER = {
+    **_query("status", {"type": "array", "items": _type("status")}),
+    "style": "form",
+    "explode": False,
+    "description": "only the status events of jobs entering these statuses (progress "
+    "events only with running); default: every event",
+}
 MULTIPART = "multipart/form-data"
 FILE = _str(contentMediaType="application/octet-stream")
 
@@ -411,7 +420,7 @@ def _paths() -> dict[str, Schema]:
         },
         "/v1/jobs/events": {
             "get": _op("Server-sent events (status, progress) of all the caller's jobs",
-                       _all_job_events()),
+                       _all_job_events(), 422, params=(STATUS_FILTER,)),
         },
         "/v1/jobs/latest": {"get": _op("The caller's most recent job", "Job", 404)},
         "/v1/jobs/history": {

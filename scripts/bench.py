@@ -462,7 +462,14 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         # A load a wallet: its clients (or its share of the offered rate) submit with its
         # key and read its jobs' ends off its own streams.
         loads = [
-            BatchLoad(wallet, cluster.url, job, args.batch, streams=stream_wallet)
+            BatchLoad(
+                wallet,
+                cluster.url,
+                job,
+                args.batch,
+                streams=stream_wallet,
+                ends_only=args.stream_events == "ends",
+            )
             if args.batch
             else Load(wallet, cluster.url, job)
             for wallet, stream_wallet in zip(sessions, stream_sessions, strict=True)
@@ -662,6 +669,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0,
         help="submit this many jobs a request (POST /v1/jobs/batch, 1-100) and follow them "
         "on one stream of all jobs; closed loop: each client waits for its whole batch",
+    )
+    parser.add_argument(
+        "--stream-events",
+        choices=("ends", "all"),
+        default="ends",
+        help="with --batch: the stream of all jobs sends only their ends (?status=completed,"
+        "failed,cancelled,timed_out; round 25 on) or every status and progress event",
     )
     parser.add_argument("--miners", type=int, default=2)
     parser.add_argument(

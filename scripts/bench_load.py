@@ -121,10 +121,15 @@ class BatchLoad(Load):
         size: int,
         *,
         streams: aiohttp.ClientSession | None = None,
+        ends_only: bool = True,
     ) -> None:
         super().__init__(session, url, job)
         self.job, self.jobs_per_request = job, size
         self.streams = streams or session  # where the stream of all the jobs is read
+        # What a client that waits for its jobs to end asks for: their ends, not every
+        # queued and running view (`--stream-events all`: every event, as before round 25).
+        ends = ",".join(sorted(TERMINAL))
+        self.events_path = f"/v1/jobs/events?status={ends}" if ends_only else "/v1/jobs/events"
         self._ends: dict[str, asyncio.Future[None]] = {}  # awaited or already ended
         self._watcher: asyncio.Task[None] | None = None
 
@@ -141,8 +146,11 @@ class BatchLoad(Load):
         await super().closed_loop(concurrency, until)
 
     async def _watch(self, subscribed: asyncio.Future[None]) -> None:
-        async with self.streams.get(self.url + "/v1/jobs/events") as response:
+        async with self.streams.get(self.url + self.events_path) as response:
             subscribed.set_result(None)
+            if response.status != 200:  # no ends will come: every batch times out, counted
+                self._error(f"events_{response.status}")
+                return
             name = b""
             async for line in response.content:
                 if line.startswith(b"event: "):

@@ -15,8 +15,8 @@ from coordinator.api.common import caller
 from coordinator.api.jobs import queue_reason, queue_reasons
 from coordinator.appkeys import METRICS
 from coordinator.bus import JOB_OWNER, JOB_SNAPSHOT, Subscription
-from coordinator.domain.jobs import TERMINAL, Job
-from coordinator.errors import RESPONSE_HEADERS, NotFound
+from coordinator.domain.jobs import TERMINAL, Job, JobStatus
+from coordinator.errors import RESPONSE_HEADERS, NotFound, ValidationFailed
 from coordinator.service import jobs as job_service
 from coordinator.service.core import Core
 from coordinator.service.keys import ApiKey
@@ -75,17 +75,21 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 ALL_EVENTS_QUEUE = 8192  # unread events a stream of all jobs keeps before dropping
 EVENTS_PER_WRITE = 256
+STATUS_VALUES = frozenset(s.value for s in JobStatus)
+STATUS_NAMES = ", ".join(s.value for s in JobStatus)
 
 
 @routes.get("/v1/jobs/events")
 async def all_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events of every job of the caller (an admin: of every job), from the
-    moment the response headers are sent, until the client hangs up (docs/api.md)."""
+    moment the response headers are sent, until the client hangs up (docs/api.md);
+    `?status=completed,failed`: only the status events of jobs entering those statuses."""
     key = caller(request)
+    statuses = _status_filter(request)  # before subscribing: a 422 holds nothing open
     core = Core.of(request.app)
     metrics = request.app[METRICS]
     owner = None if key.role == "admin" else key.address
-    async with core.bus.subscribe(None, ALL_EVENTS_QUEUE, owner=owner) as sub:
+    async with core.bus.subscribe(None, ALL_EVENTS_QUEUE, owner=owner, statuses=statuses) as sub:
         response = _event_stream(request)
         await response.prepare(request)
         metrics.sse_streams += 1
@@ -112,6 +116,22 @@ async def all_events(request: web.Request) -> web.StreamResponse:
         finally:
             metrics.sse_streams -= 1
     return response
+
+
+def _status_filter(request: web.Request) -> frozenset[str] | None:
+    """The statuses `?status=` names (comma-separated, or the parameter repeated), or None
+    for all events (no names, as `GET /v1/jobs?status=` lists all). Raises
+    ValidationFailed for an unknown status or query parameter."""
+    errors: list[tuple[str, str]] = []
+    unknown = set(request.query) - {"status"}
+    errors.extend((name, "unknown query parameter") for name in sorted(unknown))
+    values = request.query.getall("status", [])
+    named = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    if any(name not in STATUS_VALUES for name in named):
+        errors.append(("status", f"must be a comma-separated list of: {STATUS_NAMES}"))
+    if errors:
+        raise ValidationFailed(errors)
+    return frozenset(named) if named else None
 
 
 async def _all_events_chunks(

@@ -37,12 +37,12 @@ async def job_count(coordinator: Coordinator, http: aiohttp.ClientSession, key: 
 
 @contextlib.asynccontextmanager
 async def watching(
-    http: aiohttp.ClientSession, url: str, headers: dict[str, str]
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], query: str = ""
 ) -> AsyncIterator[list[Event]]:
-    """Reads `GET /v1/jobs/events` into a list while the block runs; subscribed (headers
-    received) before the block starts."""
+    """Reads `GET /v1/jobs/events` (with `query`, e.g. "?status=completed") into a list
+    while the block runs; subscribed (headers received) before the block starts."""
     events: list[Event] = []
-    resp = await http.get(url + "/v1/jobs/events", headers=headers)
+    resp = await http.get(url + "/v1/jobs/events" + query, headers=headers)
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
 
     reader = asyncio.create_task(read_events(resp, events))
@@ -206,6 +206,87 @@ async def _follow_a_real_miner(stack: Stack) -> None:
     progress = [d for n, d in events if n == "progress"]
     assert progress and {d["job_id"] for d in progress} <= set(ids)
     assert all("_job" not in d and 0 <= d["progress"] <= 100 for d in progress)
+
+
+async def test_a_stream_asked_for_some_statuses_sends_only_those(tmp_path: Path) -> None:
+    async with open_stack(tmp_path) as stack:
+        miner_key, _ = await stack.key("miner")
+        client_key, _ = await stack.client(100)
+        await stack.daemon(miner_key, max_concurrency=2)
+        headers = {"Authorization": f"Bearer {client_key}"}
+        async with (
+            watching(stack.http, stack.url, headers) as everything,
+            watching(stack.http, stack.url, headers, "?status=completed,failed") as ends,
+            watching(stack.http, stack.url, headers, "?status=running") as running,
+        ):
+            body = {"jobs": [{"model": "echo", "input": {"n": n}} for n in range(3)]}
+            body["jobs"][0]["params"] = {"delay_ms": 600}  # long enough to report progress
+            answer = await stack.call("POST", "/v1/jobs/batch", client_key, body, expect=201)
+            ids = [j["job_id"] for j in answer["jobs"]]
+
+            def ended(events: list[Event]) -> bool:
+                done = {
+                    d["job_id"] for n, d in events if n == "status" and d["status"] == "completed"
+                }
+                return done == set(ids)
+
+            def progress(events: list[Event]) -> list[dict[str, Any]]:
+                return [d for n, d in events if n == "progress"]
+
+            await seen(everything, ended, "every job completed, on the stream of all events")
+            await seen(ends, ended, "every job completed, on the stream of ends")
+            # Published before the ends: the running stream has them once it catches up.
+            await seen(running, lambda e: progress(e) == progress(everything), "the progress")
+    # Each job's end once, as its whole job object; nothing before it.
+    assert sorted(d["job_id"] for _, d in ends) == sorted(ids)
+    assert {(n, d["status"]) for n, d in ends} == {("status", "completed")}
+    assert all(d["result"] == {"n": ids.index(d["job_id"])} for _, d in ends)
+    # Running: each job's start, and the progress its miner reported (a running job's).
+    assert sorted(d["job_id"] for n, d in running if n == "status") == sorted(ids)
+    assert {d["status"] for n, d in running if n == "status"} == {"running"}
+    assert progress(running) and {d["job_id"] for d in progress(running)} <= set(ids)
+    # Unfiltered: queued, running and completed for each, as before.
+    assert {d["status"] for n, d in everything if n == "status"} == {
+        "queued",
+        "running",
+        "completed",
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "detail"),
+    [
+        ("?status=done", "status", "must be a comma-separated list of: queued, running"),
+        ("?status=completed,Failed", "status", "must be a comma-separated list of"),
+        ("?statuses=completed", "statuses", "unknown query parameter"),
+    ],
+)
+async def test_a_stream_asked_for_an_unknown_status_is_refused(
+    coordinator: Coordinator,
+    funded: KeyInfo,
+    http: aiohttp.ClientSession,
+    query: str,
+    field: str,
+    detail: str,
+) -> None:
+    url = coordinator.url + "/v1/jobs/events" + query
+    status, problem, headers = await call(http, "GET", url, funded)
+    assert status == 422 and headers["Content-Type"] == "application/problem+json"
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert problem["errors"][0]["detail"].startswith(detail)
+
+
+async def test_a_stream_asked_for_no_status_sends_every_event(
+    coordinator: Coordinator, funded: KeyInfo, http: aiohttp.ClientSession
+) -> None:
+    async with watching(http, coordinator.url, funded.headers, "?status=") as events:
+        _, answer = await batch(coordinator, http, funded, {"jobs": [job()]})
+        job_id = answer["jobs"][0]["job_id"]
+
+        def queued(events: list[Event]) -> bool:
+            return (job_id, "queued") in {(d["job_id"], d["status"]) for _, d in events}
+
+        await seen(events, queued, "the queued job on a stream that names no status")
 
 
 async def test_a_reader_that_fell_behind_is_told_how_many_events_it_lost(

@@ -95,9 +95,11 @@ async def test_submit_wait_follows_events_to_the_result(stack: Stack) -> None:
 async def test_submit_batch_followed_on_the_stream_of_all_jobs(stack: Stack) -> None:
     async with stack.client() as client:
         ended: dict[str, dict[str, Any]] = {}
+        seen: list[dict[str, Any]] = []
 
-        async def follow() -> None:
-            async for event in client.all_events(idle_timeout=30):
+        async def follow() -> None:  # the ends only: no queued or running views, no progress
+            async for event in client.all_events(idle_timeout=30, statuses=("completed", "failed")):
+                seen.append(event)
                 if event["type"] == "status" and event["status"] == "completed":
                     ended[event["job_id"]] = event
                     if len(ended) == 3:
@@ -112,6 +114,7 @@ async def test_submit_batch_followed_on_the_stream_of_all_jobs(stack: Stack) -> 
         accepted = await client.submit_batch(jobs)
         await asyncio.wait_for(follower, 30)
         assert [ended[a["job_id"]]["result"] for a in accepted] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        assert len(seen) == 3
         with pytest.raises(errors.ApiError) as refused:  # all or none: an empty batch is 422
             await client.submit_batch([])
         assert refused.value.status == 422

@@ -86,6 +86,39 @@ async def test_an_event_from_another_process_reaches_its_owners_subscription_onl
         assert _ids(alice.take_ready(10)) == [("job_a", "status")]
 
 
+async def test_a_subscription_to_some_statuses_keeps_only_their_events() -> None:
+    # What a client waiting for ends asks for (docs/api.md): neither queued nor running
+    # views, nor progress; and what it leaves out never fills its queue or counts as lost.
+    bus = JobBus()
+    ends = frozenset({"completed", "failed"})
+    async with (
+        bus.subscribe(None, queue_size=2, owner="ait1alice", statuses=ends) as alice,
+        bus.subscribe(None, statuses=frozenset({"running"})) as running,
+    ):
+        for n in range(5):
+            job = _owned_job(f"job_{n}", "ait1alice")
+            for status in ("queued", "running"):
+                bus.publish(job.job_id, {"type": "status", "status": status}, job=job)
+            bus.publish(job.job_id, {"type": "progress", "progress": 50}, job=job)
+        bus.publish(
+            "job_0", {"type": "status", "status": "completed"}, job=_owned_job("job_0", "ait1alice")
+        )
+        event = {"type": "status", "job_id": "job_1", "status": "failed", JOB_OWNER: "ait1alice"}
+        payload = orjson.dumps({"origin": "elsewhere", "event": event}).decode()
+        bus._on_notify(None, 0, EVENTS_CHANNEL, payload)  # another process's end
+        assert [(e["job_id"], e["status"]) for e in alice.take_ready(10)] == [
+            ("job_0", "completed"),
+            ("job_1", "failed"),
+        ]
+        assert alice.dropped == 0
+        kept = running.take_ready(300)
+        assert [(e["type"], e.get("status")) for e in kept[:2]] == [
+            ("status", "running"),
+            ("progress", None),  # a running job's: kept where running is asked for
+        ]
+        assert len(kept) == 10
+
+
 async def test_a_reader_that_falls_behind_keeps_the_newest_and_counts_the_rest() -> None:
     bus = JobBus()
     async with bus.subscribe(None, queue_size=2) as sub:
