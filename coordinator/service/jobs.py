@@ -271,7 +271,7 @@ async def _priced_job(
         measured.units_per_second if measured else None,
         measured.unit if measured else None,
     )
-    job = Job(
+    job = Job.new(
         job_id=job_id,
         client_address=key.address,
         key_id=key.key_id,

@@ -1,5 +1,5 @@
-"""`Job.evolve` and `Job.build`: the hot path's copy and construction of a job, checked
-against `dataclasses.replace` and the dataclass's own constructor."""
+"""`Job.evolve`, `Job.build` and `Job.new`: the hot path's copy and construction of a
+job, checked against `dataclasses.replace` and the dataclass's own constructor."""
 
 from __future__ import annotations
 
@@ -63,3 +63,24 @@ def test_build_is_the_constructor_with_every_field_given() -> None:
         Job.build(**given)
     with pytest.raises(TypeError, match=r"unknown \['colour'\]"):
         Job.build(**{**given, "error": None, "colour": "red"})
+
+
+def test_new_is_the_constructor_with_the_defaults_filled_in() -> None:
+    job = sample_job()
+    required = {
+        f.name: getattr(job, f.name)
+        for f in dataclasses.fields(Job)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    made, constructed = Job.new(**required), Job(**required)
+    assert made == constructed and repr(made) == repr(constructed) and type(made) is Job
+    assert made.extra == {} and made.extra is not Job.new(**required).extra  # each its own
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.status = JobStatus.FAILED  # type: ignore[misc]
+    given = {**required, "attempts": 2, "extra": {"unit": "token"}}
+    assert Job.new(**given) == Job(**given)
+    del required["model"]
+    with pytest.raises(TypeError, match=r"missing \['model'\]"):
+        Job.new(**required)
+    with pytest.raises(TypeError, match=r"unknown \['colour'\]"):
+        Job.new(**typing.cast(JobChanges, {**given, "colour": "red"}))
