@@ -84,3 +84,24 @@ def test_new_is_the_constructor_with_the_defaults_filled_in() -> None:
         Job.new(**required)
     with pytest.raises(TypeError, match=r"unknown \['colour'\]"):
         Job.new(**typing.cast(JobChanges, {**given, "colour": "red"}))
+
+
+def test_seeding_the_dispatchers_cache_takes_queued_jobs_under_their_rows_key() -> None:
+    from coordinator.domain.jobs import QueuedJob
+    from coordinator.service.lifecycle import MAX_PARSED_QUEUED, QueuedCache, seed_queued
+
+    queued = sample_job().evolve(attempts=1, updated_at_ms=5_000)
+    running = queued.evolve(job_id="job_2", status=JobStatus.RUNNING)
+    parsed: QueuedCache = {}
+    seed_queued(parsed, [queued, running])
+    assert parsed == {("job_1", 1, 5_000): QueuedJob.of(queued)}  # a running job is not queued
+    seeded = parsed[("job_1", 1, 5_000)]
+    assert seeded.units_by_unit == {"token": 5}
+    constructed = QueuedJob(**{f.name: getattr(seeded, f.name) for f in dataclasses.fields(seeded)})
+    assert seeded == constructed and repr(seeded) == repr(constructed)  # built as the class would
+    assert type(seeded) is QueuedJob
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seeded.model = "gpt2"  # type: ignore[misc]
+    full: QueuedCache = {("job_x", 0, n): QueuedJob.of(queued) for n in range(MAX_PARSED_QUEUED)}
+    seed_queued(full, [queued])
+    assert len(full) == MAX_PARSED_QUEUED  # bounded: the queue read parses what is missing
