@@ -68,10 +68,6 @@ class AdmissionDispatchProtocol(Protocol):
     def deliver(self, claimed: Sequence[Job]) -> None:
         """Send committed claims to their miners (in the background)."""
 
-    def queued(self, jobs: Sequence[Job]) -> None:
-        """Admitted jobs left queued, as committed: the dispatcher's next read of the queue
-        need not parse their rows."""
-
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("ait_settings")
 DATABASE: web.AppKey[Database] = web.AppKey("ait_database")  # engines + group-commit writer

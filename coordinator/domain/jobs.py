@@ -296,28 +296,12 @@ class QueuedJob:
     units_by_unit: Mapping[str, int]
 
     @classmethod
-    def of(cls, job: Job) -> QueuedJob:
-        """What the dispatcher would parse out of `job`'s row, from the job itself."""
-        return cls.build(
-            job_id=job.job_id,
-            client_address=job.client_address,
-            chain_id=job.chain_id,
-            model=job.model,
-            priority=job.priority,
-            requirements=job.requirements,
-            max_price_uait=job.max_price_uait,
-            estimated_units=job.estimated_units,
-            estimated_cost_uait=job.estimated_cost_uait,
-            created_at_ms=job.created_at_ms,
-            units_by_unit=job.units_by_unit,
-        )
-
-    @classmethod
     def build(cls, **fields: Any) -> QueuedJob:
         """`QueuedJob(...)` with every field given by name, without the frozen dataclass's
-        `__init__` (11 `object.__setattr__` calls, ~1.4 of a parsed row's ~5.8 us; one a
-        queued job). Unchecked: its two callers name every field, and a test holds both
-        to the constructor."""
+        `__init__`: its 11 `object.__setattr__` calls were ~1.5 of the ~5.8 us the
+        dispatcher spends parsing a queued row (docs/benchmarks.md, round 25). Unchecked:
+        its caller (`lifecycle._queued_job`) names every field, and a test holds what it
+        builds to the constructor's."""
         queued = object.__new__(cls)
         queued.__dict__.update(fields)
         return queued

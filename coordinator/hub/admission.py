@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from coordinator.domain.jobs import Job
 from coordinator.hub.dispatcher import Hub
 from coordinator.hub.registry import MinerConn, demand_of
-from coordinator.service.lifecycle import ClaimRequest, MinerIdentity, seed_queued
+from coordinator.service.lifecycle import ClaimRequest, MinerIdentity
 from protocol.messages import ModelOffer
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,6 @@ class AdmissionDispatch:
             task = asyncio.get_running_loop().create_task(self._send(sends))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
-
-    def queued(self, jobs: Sequence[Job]) -> None:
-        seed_queued(self.hub.parsed_queue, jobs)
 
     async def sent(self) -> None:
         """Once every claim made at admission so far has been sent (or given back)."""

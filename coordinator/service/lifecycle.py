@@ -126,18 +126,6 @@ async def list_queued(
     return found
 
 
-def seed_queued(parsed: QueuedCache, jobs: Iterable[Job]) -> None:
-    """Put the queued ones of `jobs`, as just committed, in the dispatcher's cache of parsed
-    rows (`list_queued`) under the key their rows have, so its next read of the queue
-    finds them parsed: an admission has the jobs already (parsing a queued row's JSON was
-    ~0.9% of the coordinator; docs/benchmarks.md, round 25). A full cache takes none."""
-    for job in jobs:
-        if len(parsed) >= MAX_PARSED_QUEUED:
-            return
-        if job.status == JobStatus.QUEUED:
-            parsed[(job.job_id, job.attempts, job.updated_at_ms)] = QueuedJob.of(job)
-
-
 def _queued_job(row: Any) -> QueuedJob:
     """A row of `_QUEUED_COLUMNS`, unpacked by position (Row attribute access costs ~1 us
     a name in SQLAlchemy 2.1; docs/benchmarks.md, round 8)."""

@@ -329,36 +329,3 @@ async def test_the_dispatcher_parses_a_queued_row_once_and_a_requeued_job_afresh
     [requeued] = await lifecycle.list_queued(core, parsed=parsed)
     assert requeued.job_id == job_id and requeued is not first
     assert requeued.estimated_cost_uait == claimed.estimated_cost_uait
-
-
-async def test_jobs_left_queued_at_admission_reach_the_dispatcher_parsed(
-    setup: tuple[Coordinator, KeyInfo, KeyInfo],
-) -> None:
-    # The submit hands its queued jobs to the dispatcher's cache of parsed rows: its next
-    # read of the queue finds them there, equal to what parsing their rows gives.
-    from coordinator.api.jobs import parse_job_request
-    from coordinator.hub.admission import AdmissionDispatch
-    from coordinator.hub.dispatcher import Hub
-    from coordinator.hub.registry import MinerRegistry
-    from coordinator.service import jobs as job_service
-    from coordinator.service.keys import authenticate
-
-    coordinator, client, _ = setup
-    core = Core.of(coordinator.app)
-    hub = Hub(coordinator.app, MinerRegistry())  # its own: no dispatcher task reads its cache
-    key = await authenticate(core.db, client.api_key)
-    assert key is not None
-    bodies: list[dict[str, Any]] = [
-        {"model": "gpt2", "input": "hi"},
-        {"model": "gpt2", "input": {"a": [1, 2]}, "priority": "high", "max_price": 0.5},
-        {"model": "llama", "input": "x", "requirements": {"gpu_type": "A100", "gpu_count": 2}},
-    ]
-    reqs = [parse_job_request(core, body, has_file=False) for body in bodies]
-    placed = await job_service.submit_batch(core, None, key, reqs, AdmissionDispatch(hub))
-    seeds = dict(hub.parsed_queue)
-    assert sorted(job_id for job_id, _, _ in seeds) == sorted(j.job_id for j in placed)
-    listed = await lifecycle.list_queued(core, parsed=hub.parsed_queue)
-    assert [j.job_id for j in listed] == [placed[1].job_id, placed[0].job_id, placed[2].job_id]
-    assert all(any(j is seed for seed in seeds.values()) for j in listed)  # none parsed again
-    assert listed == await lifecycle.list_queued(core)  # what parsing the rows gives
-    assert listed[2].requirements.gpu_count == 2 and listed[2].units_by_unit

@@ -1,5 +1,6 @@
-"""`Job.evolve`, `Job.build` and `Job.new`: the hot path's copy and construction of a
-job, checked against `dataclasses.replace` and the dataclass's own constructor."""
+"""`Job.evolve`, `Job.build`, `Job.new` and `QueuedJob.build`: the hot path's copy and
+construction of a job, checked against `dataclasses.replace` and the dataclasses' own
+constructors."""
 
 from __future__ import annotations
 
@@ -86,22 +87,32 @@ def test_new_is_the_constructor_with_the_defaults_filled_in() -> None:
         Job.new(**typing.cast(JobChanges, {**given, "colour": "red"}))
 
 
-def test_seeding_the_dispatchers_cache_takes_queued_jobs_under_their_rows_key() -> None:
-    from coordinator.domain.jobs import QueuedJob
-    from coordinator.service.lifecycle import MAX_PARSED_QUEUED, QueuedCache, seed_queued
+def test_a_parsed_queue_row_is_what_the_constructor_builds() -> None:
+    import orjson
 
-    queued = sample_job().evolve(attempts=1, updated_at_ms=5_000)
-    running = queued.evolve(job_id="job_2", status=JobStatus.RUNNING)
-    parsed: QueuedCache = {}
-    seed_queued(parsed, [queued, running])
-    assert parsed == {("job_1", 1, 5_000): QueuedJob.of(queued)}  # a running job is not queued
-    seeded = parsed[("job_1", 1, 5_000)]
-    assert seeded.units_by_unit == {"token": 5}
-    constructed = QueuedJob(**{f.name: getattr(seeded, f.name) for f in dataclasses.fields(seeded)})
-    assert seeded == constructed and repr(seeded) == repr(constructed)  # built as the class would
-    assert type(seeded) is QueuedJob
+    from coordinator.domain.jobs import QueuedJob
+    from coordinator.service.lifecycle import _queued_job
+
+    job = sample_job().evolve(max_price_uait=900)
+    row = (job.job_id, job.client_address, job.chain_id, job.model, job.priority.rank,
+           orjson.dumps(job.requirements.to_json()).decode(), job.max_price_uait,
+           job.estimated_units, job.estimated_cost_uait, job.created_at_ms,
+           orjson.dumps(dict(job.extra)).decode(), job.attempts, job.updated_at_ms)  # fmt: skip
+    parsed = _queued_job(row)
+    constructed = QueuedJob(
+        job_id=job.job_id,
+        client_address=job.client_address,
+        chain_id=job.chain_id,
+        model=job.model,
+        priority=job.priority,
+        requirements=job.requirements,
+        max_price_uait=900,
+        estimated_units=job.estimated_units,
+        estimated_cost_uait=job.estimated_cost_uait,
+        created_at_ms=job.created_at_ms,
+        units_by_unit={"token": 5},
+    )
+    assert parsed == constructed and repr(parsed) == repr(constructed)
+    assert type(parsed) is QueuedJob
     with pytest.raises(dataclasses.FrozenInstanceError):
-        seeded.model = "gpt2"  # type: ignore[misc]
-    full: QueuedCache = {("job_x", 0, n): QueuedJob.of(queued) for n in range(MAX_PARSED_QUEUED)}
-    seed_queued(full, [queued])
-    assert len(full) == MAX_PARSED_QUEUED  # bounded: the queue read parses what is missing
+        parsed.model = "gpt2"  # type: ignore[misc]
