@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from coordinator.domain.jobs import STATUS_VALUES
+
 API_VERSION = "1"
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -37,7 +39,7 @@ def _int(minimum: int | None = None, maximum: int | None = None) -> Schema:
     return schema
 
 
-STATUSES = ["queued", "running", "completed", "failed", "cancelled", "timed_out"]
+STATUSES = list(STATUS_VALUES)
 # The types `_shape` knows; `@Name` refers to a component schema, `[t]` is an array of t.
 TYPES: dict[str, Schema] = {
     "str": _str(),

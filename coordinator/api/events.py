@@ -15,7 +15,7 @@ from coordinator.api.common import caller
 from coordinator.api.jobs import queue_reason, queue_reasons
 from coordinator.appkeys import METRICS
 from coordinator.bus import JOB_OWNER, JOB_SNAPSHOT, Subscription
-from coordinator.domain.jobs import TERMINAL, Job, JobStatus
+from coordinator.domain.jobs import STATUS_VALUES, TERMINAL, Job
 from coordinator.errors import RESPONSE_HEADERS, NotFound, ValidationFailed
 from coordinator.service import jobs as job_service
 from coordinator.service.core import Core
@@ -75,8 +75,6 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 ALL_EVENTS_QUEUE = 8192  # unread events a stream of all jobs keeps before dropping
 EVENTS_PER_WRITE = 256
-STATUS_VALUES = frozenset(s.value for s in JobStatus)
-STATUS_NAMES = ", ".join(s.value for s in JobStatus)
 
 
 @routes.get("/v1/jobs/events")
@@ -128,7 +126,7 @@ def _status_filter(request: web.Request) -> frozenset[str] | None:
     values = request.query.getall("status", [])
     named = [name.strip() for value in values for name in value.split(",") if name.strip()]
     if any(name not in STATUS_VALUES for name in named):
-        errors.append(("status", f"must be a comma-separated list of: {STATUS_NAMES}"))
+        errors.append(("status", f"must be a comma-separated list of: {', '.join(STATUS_VALUES)}"))
     if errors:
         raise ValidationFailed(errors)
     return frozenset(named) if named else None

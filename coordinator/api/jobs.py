@@ -20,7 +20,7 @@ from coordinator.api.common import (
 )
 from coordinator.api.validate import Fields, query_date_ms, query_int
 from coordinator.appkeys import ADMISSION_DISPATCH, METRICS, MINER_REGISTRY
-from coordinator.domain.jobs import Job, JobStatus, Priority, Requirements
+from coordinator.domain.jobs import STATUS_VALUES, Job, JobStatus, Priority, Requirements
 from coordinator.errors import BadRequest, ValidationFailed
 from coordinator.service import jobs as job_service
 from coordinator.service.core import Core
@@ -243,7 +243,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         try:
             status = JobStatus(status_text)
         except ValueError:
-            errors.append(("status", f"must be one of {', '.join(s.value for s in JobStatus)}"))
+            errors.append(("status", f"must be one of {', '.join(STATUS_VALUES)}"))
     unknown = set(request.query) - {"limit", "offset", "status"}
     errors.extend((name, "unknown query parameter") for name in sorted(unknown))
     if errors:

@@ -30,6 +30,10 @@ class JobStatus(StrEnum):
     TIMED_OUT = "timed_out"
 
 
+# The statuses' names in lifecycle order: what query parameters accept, their error
+# messages list and the OpenAPI document enumerates.
+STATUS_VALUES: tuple[str, ...] = tuple(status.value for status in JobStatus)
+
 TERMINAL: frozenset[JobStatus] = frozenset(
     {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
 )
