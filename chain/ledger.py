@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+from protocol.frozen import direct_init
 from protocol.money import MAX_AMOUNT_UAIT
 
 TREASURY_ADDRESS = "ait1" + "0" * 40  # receives protocol fees
@@ -153,6 +154,7 @@ class Hold(NamedTuple):
     job_id: str | None = None
 
 
+@direct_init
 @dataclass(frozen=True)
 class Settlement:
     """What a post or void did (or would do, on `exists`)."""

@@ -56,6 +56,7 @@ from chain.ledger import (
     issuance,
     top_up_id_for,
 )
+from protocol.frozen import direct_init
 
 metadata = MetaData()
 _SEQ = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
@@ -395,6 +396,7 @@ async def mint(
     return result
 
 
+@direct_init
 @dataclass(frozen=True)
 class HoldRequest:
     """Move `amount_uait` of `address`'s available balance into escrow for `job_id`."""
@@ -444,6 +446,7 @@ async def top_up(
     return result
 
 
+@direct_init
 @dataclass(frozen=True)
 class PostRequest:
     """One completed job's settlement: pay `miner_address` the metered cost (capped at the
@@ -516,6 +519,7 @@ async def void(conn: AsyncConnection, job_id: str, now_ms: int) -> Settlement:
 
 
 # -- reads ----------------------------------------------------------------------------------
+@direct_init
 @dataclass(frozen=True)
 class Balance:
     available_uait: int

@@ -31,6 +31,7 @@ from protocol.adverts import (
     normalise_gpu_type,
 )
 from protocol.canonical import canonical_bytes
+from protocol.frozen import direct_init
 from protocol.limits import (
     MAX_INPUT_BYTES,
     MAX_MESSAGE_BYTES,
@@ -99,6 +100,7 @@ def auth_payload(nonce: str) -> bytes:
 # --- messages --------------------------------------------------------------------------
 
 
+@direct_init
 @dataclass(frozen=True)
 class Challenge:
     """C: first frame on a new connection; the miner signs ``auth_payload(nonce)``."""
@@ -107,6 +109,7 @@ class Challenge:
     nonce: str
 
 
+@direct_init
 @dataclass(frozen=True)
 class Hello:
     """M: proves the key (signature over the nonce) and advertises what it sells."""
@@ -117,6 +120,7 @@ class Hello:
     advert: Advert
 
 
+@direct_init
 @dataclass(frozen=True)
 class Welcome:
     """C: the miner is registered; renew leases at least every ``heartbeat_s``."""
@@ -128,6 +132,7 @@ class Welcome:
     heartbeat_s: float
 
 
+@direct_init
 @dataclass(frozen=True)
 class Resume:
     """M: right after welcome: jobs still running here and results not yet acknowledged."""
@@ -137,6 +142,7 @@ class Resume:
     pending_results: tuple[str, ...] = ()
 
 
+@direct_init
 @dataclass(frozen=True)
 class Assign:
     """C: a job leased to this miner until ``lease_expires`` unless renewed."""
@@ -165,6 +171,7 @@ class Assign:
         return (self.input_json or "").encode("utf-8")
 
 
+@direct_init
 @dataclass(frozen=True)
 class Heartbeat:
     """M: renews the lease of every job in ``running``."""
@@ -174,6 +181,7 @@ class Heartbeat:
     utilisation: int = 0
 
 
+@direct_init
 @dataclass(frozen=True)
 class Progress:
     """M: progress of one job (also renews its lease)."""
@@ -184,6 +192,7 @@ class Progress:
     message: str | None = None
 
 
+@direct_init
 @dataclass(frozen=True)
 class Result:
     """M: the finished job: signed receipt plus the output bytes it hashes."""
@@ -201,6 +210,7 @@ class Result:
         return base64.b64decode(self.output_b64)
 
 
+@direct_init
 @dataclass(frozen=True)
 class Failed:
     """M: the job could not run; ``retryable`` false means the input itself is at fault."""
@@ -211,6 +221,7 @@ class Failed:
     retryable: bool = False
 
 
+@direct_init
 @dataclass(frozen=True)
 class Release:
     """M: gives leases back (shutdown); with ``draining`` the miner takes no new jobs."""
@@ -221,6 +232,7 @@ class Release:
     draining: bool = True
 
 
+@direct_init
 @dataclass(frozen=True)
 class Cancel:
     """C: stop this job now (cancelled by the client, timed out, or lease lost)."""
@@ -230,6 +242,7 @@ class Cancel:
     reason: str
 
 
+@direct_init
 @dataclass(frozen=True)
 class Ack:
     """C: the result was accepted and settled; the miner may forget it."""
@@ -238,6 +251,7 @@ class Ack:
     job_id: str
 
 
+@direct_init
 @dataclass(frozen=True)
 class Reject:
     """C: the result was not accepted and nothing is paid for it."""
@@ -248,6 +262,7 @@ class Reject:
     reason: str
 
 
+@direct_init
 @dataclass(frozen=True)
 class Error:
     """C: a connection-level problem (auth, malformed frame); the socket closes after it."""

@@ -26,10 +26,13 @@ from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
+from protocol.frozen import direct_init
+
 SEEN_MAX = 512  # statements seen once, kept (alive) to recognise a second sighting
 PLANS_MAX = 512
 
 
+@direct_init
 @dataclass(frozen=True)
 class DmlResult:
     """What the service code reads of an INSERT/UPDATE/DELETE without RETURNING."""

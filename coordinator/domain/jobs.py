@@ -16,9 +16,11 @@ A job leaves the queue only through a claim, and every terminal state is final.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, TypedDict, Unpack
+
+from protocol.frozen import direct_init
 
 
 class JobStatus(StrEnum):
@@ -83,6 +85,7 @@ _RANK_PRIORITY = {rank: prio for prio, rank in _PRIORITY_RANK.items()}
 UNITS_BY_UNIT = "units_by_unit"  # Job.extra key: estimated units by metering unit
 
 
+@direct_init
 @dataclass(frozen=True)
 class Requirements:
     """What a job needs from a miner; `gpu_type` is lower-cased, otherwise as the client sent."""
@@ -107,6 +110,7 @@ class Requirements:
         )
 
 
+@direct_init
 @dataclass(frozen=True)
 class Job:
     """One row of the jobs table as a value; services build new ones, never mutate."""
@@ -165,37 +169,9 @@ class Job:
         return evolved
 
     @classmethod
-    def build(cls, **fields: Unpack[JobChanges]) -> Job:
-        """`Job(...)` with every field given, without the frozen dataclass's `__init__`
-        (it sets each field through `object.__setattr__`: ~5 us, against ~0.7; a job's row
-        is read into a `Job` two or three times on the hot path). Like `evolve`, typed by
-        `JobChanges`; a missing or unknown name raises TypeError."""
-        if fields.keys() != _JOB_FIELDS:
-            missing, unknown = _JOB_FIELDS - fields.keys(), fields.keys() - _JOB_FIELDS
-            raise TypeError(f"Job.build: missing {sorted(missing)}, unknown {sorted(unknown)}")
-        return cls.from_fields(fields)
-
-    @classmethod
-    def new(cls, **fields: Unpack[JobChanges]) -> Job:
-        """`Job(...)`: the fields without a default given, the rest defaulted, without the
-        frozen dataclass's `__init__` (a submit builds one a job: ~7.4 -> ~3.7 us, the
-        39 `object.__setattr__` calls saved; docs/benchmarks.md, round 25). A missing or
-        unknown name raises TypeError."""
-        if not (_JOB_REQUIRED.issubset(fields) and _JOB_FIELDS.issuperset(fields)):
-            missing, unknown = _JOB_REQUIRED - fields.keys(), fields.keys() - _JOB_FIELDS
-            raise TypeError(f"Job.new: missing {sorted(missing)}, unknown {sorted(unknown)}")
-        job = object.__new__(cls)
-        values = job.__dict__
-        values.update(_JOB_DEFAULTS)
-        for name, make in _JOB_DEFAULT_FACTORIES:
-            values[name] = make()  # a new `extra` dict a job, as the dataclass makes
-        values.update(fields)
-        return job
-
-    @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Job:
-        """`build` for a mapping whose keys are known to be exactly `Job`'s fields, each of
-        its type: unchecked, for a reader that checked its column names once (the keys
+        """`Job(**fields)` for a mapping whose keys are known to be exactly `Job`'s fields,
+        each of its type: unchecked, for a reader that checked its column names once (the keys
         check and the keyword copy were ~3.5 us of a ~12 us row read; round 19)."""
         job = object.__new__(cls)
         job.__dict__.update(fields)
@@ -217,13 +193,6 @@ class Job:
 
 
 _JOB_FIELDS = frozenset(f.name for f in fields(Job))
-_JOB_REQUIRED = frozenset(
-    f.name for f in fields(Job) if f.default is MISSING and f.default_factory is MISSING
-)
-_JOB_DEFAULTS = {f.name: f.default for f in fields(Job) if f.default is not MISSING}
-_JOB_DEFAULT_FACTORIES = tuple(
-    (f.name, f.default_factory) for f in fields(Job) if f.default_factory is not MISSING
-)
 
 
 class JobChanges(TypedDict, total=False):
@@ -282,6 +251,7 @@ def metered_units(extra: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
+@direct_init
 @dataclass(frozen=True)
 class QueuedJob:
     """A queued job as the dispatcher plans with it: the fields that matching and pricing
@@ -298,14 +268,3 @@ class QueuedJob:
     estimated_cost_uait: int
     created_at_ms: int
     units_by_unit: Mapping[str, int]
-
-    @classmethod
-    def build(cls, **fields: Any) -> QueuedJob:
-        """`QueuedJob(...)` with every field given by name, without the frozen dataclass's
-        `__init__`: its 11 `object.__setattr__` calls were ~1.5 of the ~5.8 us the
-        dispatcher spends parsing a queued row (docs/benchmarks.md, round 25). Unchecked:
-        its caller (`lifecycle._queued_job`) names every field, and a test holds what it
-        builds to the constructor's."""
-        queued = object.__new__(cls)
-        queued.__dict__.update(fields)
-        return queued

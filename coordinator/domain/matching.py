@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
+from protocol.frozen import direct_init
 from protocol.messages import GpuInfo, ModelOffer, gpu_type_matches
 from protocol.money import format_ait
 
@@ -32,6 +33,7 @@ PRIORITIES = ("high", "normal", "low")
 PRIORITY_RANK: Mapping[str, int] = {name: rank for rank, name in enumerate(PRIORITIES)}
 
 
+@direct_init
 @dataclass(frozen=True)
 class JobDemand:
     """What a queued job asks of a miner."""
@@ -61,6 +63,7 @@ class JobDemand:
         return offer.price_uait_per_unit * self.units_in(offer.unit)
 
 
+@direct_init
 @dataclass(frozen=True)
 class MinerSnapshot:
     """One connected miner as the scheduler sees it."""

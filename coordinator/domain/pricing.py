@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.frozen import direct_init
+
 # Runtime units (SPEC §9): token, item, second, byte.
 UNITS = ("token", "item", "byte", "second")
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -37,6 +39,7 @@ class Offer:
     connected: bool = True
 
 
+@direct_init
 @dataclass(frozen=True)
 class Estimate:
     units: int

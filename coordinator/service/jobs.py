@@ -33,6 +33,7 @@ from coordinator.service.records import (
 from coordinator.service.records import load_job as _load_job_row
 from coordinator.service.throughput import measured_throughput
 from protocol.canonical import sha256_hex
+from protocol.frozen import direct_init
 from protocol.ids import new_job_id
 from protocol.money import format_ait
 from protocol.timefmt import now_ms
@@ -42,6 +43,7 @@ _INSERT_JOB = jobs.insert()  # built once: every submit runs it
 _INSERT_FILE = schema.files.insert()
 
 
+@direct_init
 @dataclass(frozen=True)
 class JobRequest:
     """A validated submission (the API layer checked shapes and ranges)."""
@@ -271,7 +273,7 @@ async def _priced_job(
         measured.units_per_second if measured else None,
         measured.unit if measured else None,
     )
-    job = Job.new(
+    job = Job(
         job_id=job_id,
         client_address=key.address,
         key_id=key.key_id,
@@ -304,6 +306,7 @@ async def _priced_job(
     return job, file_row
 
 
+@direct_init
 @dataclass(frozen=True)
 class Admission:
     """A priced job to insert with its escrow hold (and its uploaded input, if any), and

@@ -22,11 +22,13 @@ from coordinator.service.records import (
     JOB_COLUMNS,
     job_from_row,
 )
+from protocol.frozen import direct_init
 from protocol.timefmt import now_ms
 
 jobs = schema.jobs
 
 
+@direct_init
 @dataclass(frozen=True)
 class MinerIdentity:
     miner_id: str
@@ -41,6 +43,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"  # the result does not fit the job: nothing changed
 
 
+@direct_init
 @dataclass(frozen=True)
 class Change:
     outcome: Outcome

@@ -59,6 +59,7 @@ from coordinator.service.records import (
     load_job,
 )
 from coordinator.service.settle import complete_job
+from protocol.frozen import direct_init
 from protocol.timefmt import now_ms
 
 jobs = schema.jobs
@@ -131,7 +132,7 @@ def _queued_job(row: Any) -> QueuedJob:
     a name in SQLAlchemy 2.1; docs/benchmarks.md, round 8)."""
     (job_id, client_address, chain_id, model, priority, requirements, max_price_uait,
      estimated_units, estimated_cost_uait, created_at_ms, extra, _, _) = row  # fmt: skip
-    return QueuedJob.build(
+    return QueuedJob(
         job_id=job_id,
         client_address=client_address,
         chain_id=chain_id,
@@ -231,6 +232,7 @@ async def job_input(core: Core, job: Job) -> Any:
 
 
 # -- claims and leases -------------------------------------------------------------------------
+@direct_init
 @dataclass(frozen=True)
 class ClaimRequest:
     job_id: str

@@ -29,6 +29,7 @@ from coordinator.service.jobstate import (
 )
 from coordinator.service.records import INLINE_RESULT_BYTES, dumps, load_jobs_locked
 from protocol.canonical import sha256_hex
+from protocol.frozen import direct_init
 from protocol.timefmt import now_ms
 
 jobs = schema.jobs
@@ -84,6 +85,7 @@ _COMPLETED_COLUMNS = (
 _MARK_COMPLETED = update_statement(frozenset(_COMPLETED_COLUMNS), returning=False)
 
 
+@direct_init
 @dataclass(frozen=True)
 class Completion:
     """A verified result to settle: what `complete_job` was given."""

@@ -1,6 +1,6 @@
-"""`Job.evolve`, `Job.build`, `Job.new` and `QueuedJob.build`: the hot path's copy and
-construction of a job, checked against `dataclasses.replace` and the dataclasses' own
-constructors."""
+"""`Job.evolve` and the dispatcher's parse of a queued row: the hot path's copy and
+reading of a job, checked against `dataclasses.replace` and the constructors (their
+`direct_init` constructors are held to the dataclasses' own in test_frozen)."""
 
 from __future__ import annotations
 
@@ -49,42 +49,6 @@ def test_an_evolved_job_is_still_frozen() -> None:
 def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
     with pytest.raises(TypeError, match="statuss"):
         sample_job().evolve(**typing.cast(JobChanges, {"statuss": JobStatus.RUNNING}))
-
-
-def test_build_is_the_constructor_with_every_field_given() -> None:
-    job = sample_job()
-    given = {f.name: getattr(job, f.name) for f in dataclasses.fields(Job)}
-    built = Job.build(**given)  # every field, from a plain dict
-    assert built == job and type(built) is Job
-    assert repr(built) == repr(job)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        built.status = JobStatus.FAILED  # type: ignore[misc]
-    del given["error"]
-    with pytest.raises(TypeError, match=r"missing \['error'\]"):
-        Job.build(**given)
-    with pytest.raises(TypeError, match=r"unknown \['colour'\]"):
-        Job.build(**{**given, "error": None, "colour": "red"})
-
-
-def test_new_is_the_constructor_with_the_defaults_filled_in() -> None:
-    job = sample_job()
-    required = {
-        f.name: getattr(job, f.name)
-        for f in dataclasses.fields(Job)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
-    made, constructed = Job.new(**required), Job(**required)
-    assert made == constructed and repr(made) == repr(constructed) and type(made) is Job
-    assert made.extra == {} and made.extra is not Job.new(**required).extra  # each its own
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        made.status = JobStatus.FAILED  # type: ignore[misc]
-    given = {**required, "attempts": 2, "extra": {"unit": "token"}}
-    assert Job.new(**given) == Job(**given)
-    del required["model"]
-    with pytest.raises(TypeError, match=r"missing \['model'\]"):
-        Job.new(**required)
-    with pytest.raises(TypeError, match=r"unknown \['colour'\]"):
-        Job.new(**typing.cast(JobChanges, {**given, "colour": "red"}))
 
 
 def test_a_parsed_queue_row_is_what_the_constructor_builds() -> None:
