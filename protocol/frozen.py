@@ -57,8 +57,10 @@ def _unsupported(cls: type[Any]) -> str | None:
 def _compile_init(cls: type[Any], fields: tuple[dataclasses.Field[Any], ...]) -> Any:
     """The `__init__` source for `fields`, compiled. Names come from the fields
     (identifiers, or the dataclass would not have compiled its own); defaults are bound
-    as names of the function's globals, never written into the source."""
-    namespace: dict[str, Any] = {"_FACTORY": _FACTORY}
+    as names of the function's globals, never written into the source. The function's
+    own names start with `__direct_`, which no field can (a class body mangles names
+    that start with two underscores), so a field named `self` or like them is safe."""
+    namespace: dict[str, Any] = {"__direct_factory": _FACTORY}
     positional: list[str] = []
     keyword_only: list[str] = []
     body: list[str] = []
@@ -66,16 +68,23 @@ def _compile_init(cls: type[Any], fields: tuple[dataclasses.Field[Any], ...]) ->
         parameter = f.name
         value = f.name
         if f.default is not dataclasses.MISSING:
-            namespace[f"_default_{f.name}"] = f.default
-            parameter = f"{f.name}=_default_{f.name}"
+            namespace[f"__direct_default_{f.name}"] = f.default
+            parameter = f"{f.name}=__direct_default_{f.name}"
         elif f.default_factory is not dataclasses.MISSING:
-            namespace[f"_factory_{f.name}"] = f.default_factory
-            parameter = f"{f.name}=_FACTORY"
-            value = f"_factory_{f.name}() if {f.name} is _FACTORY else {f.name}"
+            namespace[f"__direct_factory_{f.name}"] = f.default_factory
+            parameter = f"{f.name}=__direct_factory"
+            value = f"__direct_factory_{f.name}() if {f.name} is __direct_factory else {f.name}"
         (keyword_only if f.kw_only else positional).append(parameter)
-        body.append(f"    _d[{f.name!r}] = {value}")
-    signature = ", ".join(["self", *positional, *(["*", *keyword_only] if keyword_only else [])])
-    source = "\n".join([f"def __init__({signature}):", "    _d = self.__dict__", *body, ""])
+        body.append(f"    __direct_dict[{f.name!r}] = {value}")
+    parameters = ["__direct_self", *positional, *(["*", *keyword_only] if keyword_only else [])]
+    source = "\n".join(
+        [
+            f"def __init__({', '.join(parameters)}):",
+            "    __direct_dict = __direct_self.__dict__",
+            *body,
+            "",
+        ]
+    )
     exec(compile(source, f"<direct_init {cls.__qualname__}>", "exec"), namespace)
     return namespace["__init__"]
 

@@ -84,6 +84,19 @@ def test_a_direct_instance_is_still_frozen_and_copies_like_one() -> None:
     assert copy.deepcopy(made) == made and copy.copy(made) == made
 
 
+def test_fields_named_like_the_constructors_own_names_are_stored() -> None:
+    @direct_init
+    @dataclass(frozen=True)
+    class Awkward:
+        self: int
+        _d: int = 1
+        _FACTORY: list[int] = field(default_factory=list)
+
+    made = Awkward(self=5, _d=2)
+    assert (made.self, made._d, made._FACTORY) == (5, 2, [])
+    assert Awkward(7)._FACTORY is not Awkward(7)._FACTORY
+
+
 def _refused(build: Any) -> str:
     with pytest.raises(TypeError, match="direct_init") as caught:
         build()
