@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from bench_load import TERMINAL, BatchLoad, Load
 
+import protocol
 from protocol.timefmt import parse_iso_ms
 
 BIN = Path(sys.executable).parent
@@ -95,6 +96,9 @@ def versions(coordinator_python: str) -> dict[str, Any]:
     """The bench's Python and libraries, the git commit, and (with --coordinator-python)
     those the coordinator runs with."""
     out: dict[str, Any] = interpreter_versions(sys.executable)
+    # Where the project's packages were imported from (the coordinator and miners the
+    # bench starts inherit its import path: PYTHONPATH runs another checkout's code).
+    out["source"] = str(Path(protocol.__file__).resolve().parents[1])
     if coordinator_python:
         out["coordinator"] = interpreter_versions(coordinator_python)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
