@@ -10,7 +10,7 @@ round counts): instructions a job, which the host's speed does not move (round 2
 
     .venv/bin/python scripts/bench_compare.py d196016              # against the working tree
     .venv/bin/python scripts/bench_compare.py d196016 006b9fb --pairs 6 -- --batch 25
-    .venv/bin/python scripts/bench_compare.py d196016 --instructions
+    .venv/bin/python scripts/bench_compare.py d196016 --instructions --repeats 3
 
 Prints one JSON report on stdout (each run, and each side's medians); progress on stderr.
 Exits 2 with one line on stderr when it cannot compare: a revision git does not know, no
@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,10 +89,15 @@ def _run(side: Side, args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=side.tree, env=env, capture_output=True, text=True)
 
 
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(nothing on stderr)"
+
+
 def bench_run(side: Side, bench_args: list[str], pair: int, order: int) -> dict[str, Any]:
     done = _run(side, [str(PYTHON), "scripts/bench.py", *bench_args])
     if done.returncode != 0:
-        raise Refused(f"{side.name} ({side.revision}): bench failed: {done.stderr[-500:]}")
+        raise Refused(f"{side.name} ({side.revision}): bench failed: {_last_line(done.stderr)}")
     report = json.loads(done.stdout)
     cpu = report["cpu_ms_per_settled_job"]
     run = {
@@ -142,7 +147,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"medians": medians, "after_cpu_vs_before_in_pairs": after_vs_before}
 
 
-def instructions(side: Side, rounds: tuple[int, int], batch: int) -> dict[str, Any]:
+def instructions(side: Side, rounds: tuple[int, int], batch: int) -> int:
     """Instructions a job of `side`'s write path: two callgrind runs of bench_ops that
     differ only in their rounds, start-up cancelling out."""
     totals = []
@@ -153,18 +158,28 @@ def instructions(side: Side, rounds: tuple[int, int], batch: int) -> dict[str, A
             callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
             done = _run(side, [*callgrind, str(PYTHON), *ops])
             if done.returncode != 0:
-                raise Refused(
-                    f"{side.name}: bench_ops under callgrind failed: {done.stderr[-500:]}"
-                )
+                failure = _last_line(done.stderr)
+                raise Refused(f"{side.name}: bench_ops under callgrind failed: {failure}")
             totals.append(callgrind_total(out.read_text()))
-    per_job = (totals[1] - totals[0]) / (batch * (rounds[1] - rounds[0]))
-    log(f"{side.name} ({side.revision}): {per_job:,.0f} instructions a job")
-    return {
-        "side": side.name,
-        "revision": side.revision,
-        "instructions": totals,
-        "per_job": round(per_job),
-    }
+    per_job = round((totals[1] - totals[0]) / (batch * (rounds[1] - rounds[0])))
+    log(f"{side.name} ({side.revision}): {per_job:,} instructions a job")
+    return per_job
+
+
+def compare_instructions(
+    sides: tuple[Side, Side], repeats: int, count: Callable[[Side], int]
+) -> dict[str, Any]:
+    """Each side counted (`count`: `instructions`) `repeats` times, alternating which goes
+    first as the pairs do. The same code's count moves by up to ~1.3% from run to run
+    (its job ids and keys are random, its WAL checkpoints run on a timer), so the
+    medians compare (docs/benchmarks.md, round 26)."""
+    counts: dict[str, list[int]] = {"before": [], "after": []}
+    for repeat in range(repeats):
+        for side in sides if repeat % 2 == 0 else sides[::-1]:
+            counts[side.name].append(count(side))
+    medians = {name: statistics.median(values) for name, values in counts.items()}
+    change = round(medians["after"] / medians["before"] - 1, 4)
+    return {"instructions_a_job": counts, "medians": medians, "change": change}
 
 
 def callgrind_total(text: str) -> int:
@@ -191,12 +206,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", default="8,24", help="bench_ops' two round counts (R1,R2)")
     parser.add_argument("--batch", type=int, default=25, help="bench_ops' jobs a batch")
+    parser.add_argument("--repeats", type=int, default=3, help="counts of each side (1-20)")
     own, bench = (
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     )
     args = parser.parse_args(own)
     if not 1 <= args.pairs <= 50:
         parser.error("--pairs must be 1-50")
+    if not 1 <= args.repeats <= 20:
+        parser.error("--repeats must be 1-20")
     try:
         low, high = (int(n) for n in args.rounds.split(","))
     except ValueError:
@@ -219,9 +237,14 @@ def main(argv: list[str]) -> int:
             checked_out(args.after, "after") as after,
         ):
             if args.instructions:
-                sides = [instructions(s, args.rounds, args.batch) for s in (before, after)]
-                report: dict[str, Any] = {"mode": "instructions", "sides": sides}
-                report["change"] = round(sides[1]["per_job"] / sides[0]["per_job"] - 1, 4)
+                report: dict[str, Any] = {"mode": "instructions", "rounds": args.rounds}
+                report.update(
+                    compare_instructions(
+                        (before, after),
+                        args.repeats,
+                        lambda side: instructions(side, args.rounds, args.batch),
+                    )
+                )
             else:
                 report = {"mode": "pairs", "bench": args.bench}
                 report.update(compare_runs((before, after), args.pairs, args.bench))

@@ -69,6 +69,21 @@ def test_a_revision_git_does_not_know_is_refused_in_one_line() -> None:
     ]
 
 
+def test_a_bench_run_that_fails_stops_the_comparison_with_its_reason() -> None:
+    worktrees = _git("worktree", "list")
+    done = subprocess.run(
+        [sys.executable, str(COMPARE), "HEAD", "--pairs", "1", "--", "--no-such-option"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("bench_compare: before (HEAD): bench failed: ")
+    assert "unrecognized arguments: --no-such-option" in line
+    assert _git("worktree", "list") == worktrees
+
+
 @pytest.mark.parametrize("argv", [["HEAD", "--pairs", "0"], ["HEAD", "--rounds", "8,8"]])
 def test_bad_options_are_refused(argv: list[str]) -> None:
     done = subprocess.run(
@@ -101,3 +116,20 @@ def test_callgrinds_total_is_read_from_its_summary_line() -> None:
     assert bench_compare.callgrind_total(text) == 2_979_504_238
     with pytest.raises(bench_compare.Refused, match="no summary line"):
         bench_compare.callgrind_total("events: Ir\n")
+
+
+def test_instruction_counts_alternate_their_order_and_compare_medians() -> None:
+    before = bench_compare.Side("before", "BASE", ROOT)
+    after = bench_compare.Side("after", "working tree", ROOT)
+    counts = {"before": iter([100, 104, 101]), "after": iter([99, 95, 97])}
+    order: list[str] = []
+
+    def count(side: bench_compare.Side) -> int:  # stands in for a callgrind run
+        order.append(side.name)
+        return next(counts[side.name])
+
+    report = bench_compare.compare_instructions((before, after), 3, count)
+    assert order == ["before", "after", "after", "before", "before", "after"]
+    assert report["instructions_a_job"] == {"before": [100, 104, 101], "after": [99, 95, 97]}
+    assert report["medians"] == {"before": 101, "after": 97}
+    assert report["change"] == round(97 / 101 - 1, 4)
