@@ -99,6 +99,9 @@ def bench_run(side: Side, bench_args: list[str], pair: int, order: int) -> dict[
     if done.returncode != 0:
         raise Refused(f"{side.name} ({side.revision}): bench failed: {_last_line(done.stderr)}")
     report = json.loads(done.stdout)
+    # The run's scratch (its database, ~180 MB after a 20 s window, and its logs) is not
+    # kept: a comparison makes a dozen. A run worth reading is run with scripts/bench.
+    shutil.rmtree(report["workdir"], ignore_errors=True)
     cpu = report["cpu_ms_per_settled_job"]
     run = {
         "pair": pair,
@@ -110,6 +113,7 @@ def bench_run(side: Side, bench_args: list[str], pair: int, order: int) -> dict[
         "coordinator_cpu_ms_per_job": cpu["coordinator"],
         "miners_cpu_ms_per_job": cpu["miners"],
         "errors": report["errors"],
+        "workdir": report["workdir"],  # removed once its report is read
     }
     log(f"pair {pair} {side.name}: {run['settled_jobs_per_s']} jobs/s, {cpu['coordinator']} ms")
     return run

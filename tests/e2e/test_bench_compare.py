@@ -54,6 +54,7 @@ def test_pairs_alternate_and_each_side_runs_its_own_revision() -> None:
     assert set(report["medians"]) == {"before", "after"}
     assert (report["before"], report["after"]) == ("HEAD", "working tree")
     assert _git("worktree", "list") == worktrees  # the before side's worktree is gone
+    assert not any(Path(r["workdir"]).exists() for r in runs)  # nor the runs' scratch
 
 
 def test_a_revision_git_does_not_know_is_refused_in_one_line() -> None:
