@@ -17,6 +17,12 @@ sys.path.insert(0, str(COMPARE.parent))
 import bench_compare  # noqa: E402  (a script, imported from its folder)
 
 
+def _compare(*argv: str, timeout: int = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(COMPARE), *argv], capture_output=True, text=True, timeout=timeout
+    )
+
+
 def _git(*args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
@@ -26,12 +32,7 @@ def _git(*args: str) -> str:
 @pytest.mark.timeout(240)
 def test_pairs_alternate_and_each_side_runs_its_own_revision() -> None:
     worktrees = _git("worktree", "list")
-    done = subprocess.run(
-        [sys.executable, str(COMPARE), "HEAD", "--pairs", "2", "--", "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=230,
-    )
+    done = _compare("HEAD", "--pairs", "2", "--", "--smoke", timeout=230)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     runs = report["runs"]
@@ -58,12 +59,7 @@ def test_pairs_alternate_and_each_side_runs_its_own_revision() -> None:
 
 
 def test_a_revision_git_does_not_know_is_refused_in_one_line() -> None:
-    done = subprocess.run(
-        [sys.executable, str(COMPARE), "no-such-revision-xyz", "--pairs", "1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _compare("no-such-revision-xyz", "--pairs", "1")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         "bench_compare: git knows no commit 'no-such-revision-xyz'"
@@ -72,12 +68,7 @@ def test_a_revision_git_does_not_know_is_refused_in_one_line() -> None:
 
 def test_a_bench_run_that_fails_stops_the_comparison_with_its_reason() -> None:
     worktrees = _git("worktree", "list")
-    done = subprocess.run(
-        [sys.executable, str(COMPARE), "HEAD", "--pairs", "1", "--", "--no-such-option"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _compare("HEAD", "--pairs", "1", "--", "--no-such-option")
     assert done.returncode == 2 and done.stdout == ""
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("bench_compare: before (HEAD): bench failed: ")
@@ -87,9 +78,7 @@ def test_a_bench_run_that_fails_stops_the_comparison_with_its_reason() -> None:
 
 @pytest.mark.parametrize("argv", [["HEAD", "--pairs", "0"], ["HEAD", "--rounds", "8,8"]])
 def test_bad_options_are_refused(argv: list[str]) -> None:
-    done = subprocess.run(
-        [sys.executable, str(COMPARE), *argv], capture_output=True, text=True, timeout=60
-    )
+    done = _compare(*argv)
     assert done.returncode == 2 and "error:" in done.stderr
 
 
