@@ -26,7 +26,7 @@ from coordinator.hub import setup_hub
 from coordinator.loop_lag import LoopLag
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import RateLimiter
-from coordinator.service.blocks import setup_sealer
+from coordinator.service.sealer import setup_sealer
 from coordinator.settings import Settings
 
 log = logging.getLogger(__name__)

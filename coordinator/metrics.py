@@ -62,6 +62,8 @@ class Metrics:
         # their ratio is how well batch frames group (protocol/frames.py).
         self.miner_frames: Counter[str] = Counter()
         self.miner_messages: Counter[str] = Counter()
+        # Blocks drafted by where ("event_loop", "helper"; coordinator.service.sealer).
+        self.blocks_drafted: Counter[str] = Counter()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests[(method, route, status)] += 1

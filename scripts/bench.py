@@ -126,6 +126,25 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (the coordinator's seal helper), from /proc (Linux)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def children_stats(pid: int) -> dict[int, dict[str, float]]:
+    """proc_stats of each process `pid` started, by pid."""
+    out: dict[int, dict[str, float]] = {}
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError, ValueError):
+            out[child] = proc_stats(child)
+    return out
+
+
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -142,6 +161,7 @@ async def scrape_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, 
         "ait_db_coalesced_",
         "ait_miner_frames_total",
         "ait_miner_messages_total",
+        "ait_blocks_drafted_total",
     )
     out: dict[str, float] = {}
     with contextlib.suppress(aiohttp.ClientError):
@@ -481,6 +501,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         assert cluster.coordinator is not None
         miner_pids = [m.pid for m in cluster.miners]
         before = proc_stats(cluster.coordinator.pid)
+        helpers_before = children_stats(cluster.coordinator.pid)
         cpu_before = (cpu_seconds(miner_pids), self_cpu_seconds())
         metrics_before = await scrape_metrics(session, cluster.url)
         load_before = load_average()
@@ -498,6 +519,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         await asyncio.gather(*(load.stop() for load in loads))
         end = time.time()
         after = proc_stats(cluster.coordinator.pid)
+        helpers_after = children_stats(cluster.coordinator.pid)
         cpu_after = (cpu_seconds(miner_pids), self_cpu_seconds())
         metrics_after = await scrape_metrics(session, cluster.url)
         load_after = load_average()
@@ -527,6 +549,12 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
     client_latency_ms = [ms for load in loads for ms in load.client_latency_ms]
     settled = max(1.0, report["settled_jobs_per_s"] * (end - start))
     coordinator_cpu_s = after["cpu_s"] - before["cpu_s"]
+    # The seal helper (coordinator.service.sealer), started before or during the window.
+    helpers_cpu_s = sum(
+        stats["cpu_s"] - helpers_before.get(pid, {}).get("cpu_s", 0.0)
+        for pid, stats in helpers_after.items()
+    )
+    helpers_rss_mib = sum(stats["rss_mib"] for stats in helpers_after.values())
     commits = grown(metrics_before, metrics_after, "ait_db_commits_total")
     writes = grown(metrics_before, metrics_after, "ait_db_writes_total")
     report.update(
@@ -551,10 +579,25 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
                 metrics_before, metrics_after
             ),
             "miner_messages_per_frame": messages_per_frame(metrics_before, metrics_after),
+            "seal_helper": {
+                "cpu_percent": round(100 * helpers_cpu_s / (end - start), 1),
+                "rss_mib": round(helpers_rss_mib, 1),
+                "blocks_drafted": {
+                    where: int(
+                        grown(
+                            metrics_before,
+                            metrics_after,
+                            f'ait_blocks_drafted_total{{where="{where}"}}',
+                        )
+                    )
+                    for where in ("event_loop", "helper")
+                },
+            },
         },
         # CPU time per job settled in the window: steadier than jobs/s on a shared machine.
         cpu_ms_per_settled_job={
             "coordinator": round(1000 * coordinator_cpu_s / settled, 2),
+            "seal_helper": round(1000 * helpers_cpu_s / settled, 2),
             "miners": round(1000 * (cpu_after[0] - cpu_before[0]) / settled, 2),
             "load_generator": round(1000 * (cpu_after[1] - cpu_before[1]) / settled, 2),
         },

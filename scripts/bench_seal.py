@@ -118,7 +118,7 @@ async def run(sealed: int, count: int, workdir: Path) -> dict[str, Any]:
         for _ in range(count):
             await transfers.add(MAX_ENTRIES_PER_BLOCK, None)
             started = time.perf_counter()
-            draft = await blocks._draft_block(db, CHAIN, key, created_at_ms + 1_000)
+            draft = await blocks.draft_block(db, CHAIN, key, created_at_ms + 1_000)
             draft_ms.append((time.perf_counter() - started) * 1000)
             if draft is None or len(draft.seqs) != MAX_ENTRIES_PER_BLOCK:
                 raise SystemExit("bench_seal: the sealer drafted no full block")

@@ -130,6 +130,12 @@ async def metrics(request: web.Request) -> web.Response:
             ("ait_miners_connected", "gauge", "Connected miners.", {}, registry.connected_count())
         )
     gauges.extend(await block_reads.chain_gauges(core.db, core.settings))
+    drafted = request.app[METRICS].blocks_drafted
+    for where in ("event_loop", "helper"):
+        help_text = "Blocks drafted, on the event loop or in the seal helper process."
+        gauges.append(
+            ("ait_blocks_drafted_total", "counter", help_text, {"where": where}, drafted[where])
+        )
     commit_help = "Group-commit transactions by seconds taken (first operation to commit)."
     histograms = [("ait_db_commit_seconds", commit_help, writers[0].commit_seconds)]
     lag = request.app.get(LOOP_LAG)

@@ -71,6 +71,13 @@ class Database:
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file other processes can open too; None for ':memory:' and PostgreSQL."""
+        if self._sqlite is None or self._sqlite.memory:
+            return None
+        return self._sqlite.path
+
     @classmethod
     def create(cls, url: str) -> Database:
         """Engines only (no I/O yet); `start()` migrates and starts the writer."""

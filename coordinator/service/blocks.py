@@ -27,12 +27,11 @@ import hashlib
 import json
 import logging
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -46,14 +45,13 @@ from chain.blocks import (
 )
 from chain.merkle import leaf_hash_of_bytes, root_of_leaf_hashes
 from chain.store import padded
-from coordinator import appkeys
 from coordinator.db.database import Database
 from coordinator.db.schema import chain_blocks, ledger_transfers, receipts
 
 # GET /v1/jobs/{job_id}/receipt calls blocks.receipt_block; it lives with the reads.
 from coordinator.service.block_reads import receipt_block as receipt_block
 from protocol.canonical import canonical_bytes
-from protocol.keys import PrivateKey, load_or_create_key_file, public_key_hex
+from protocol.keys import PrivateKey, public_key_hex
 from protocol.timefmt import now_ms
 
 log = logging.getLogger(__name__)
@@ -73,7 +71,6 @@ PENDING_PAGE = 125
 # every transfer after the payment) waits too. After it the payment is sealed without a
 # receipt, which verification flags as missing-receipt.
 RECEIPT_WAIT_MS = 5_000
-LOG_EVERY_MS = 60_000
 
 
 class SealRace(Exception):
@@ -113,7 +110,7 @@ _TIP_SIGNERS: weakref.WeakKeyDictionary[Database, dict[str, tuple[str, str | Non
 )
 
 
-def _note_signer(db: Database, chain_id: str, block_hash: str, signer: str | None) -> None:
+def note_signer(db: Database, chain_id: str, block_hash: str, signer: str | None) -> None:
     _TIP_SIGNERS.setdefault(db, {})[chain_id] = (block_hash, signer)
 
 
@@ -130,7 +127,7 @@ async def _tip(conn: AsyncConnection, db: Database, chain_id: str) -> tuple[int,
         await conn.execute(_SIGNATURE, {"s_chain": chain_id, "s_height": height})
     ).scalar_one()
     signer: str | None = json.loads(stored).get("public_key")
-    _note_signer(db, chain_id, block_hash, signer)
+    note_signer(db, chain_id, block_hash, signer)
     return height + 1, block_hash, signer
 
 
@@ -205,7 +202,7 @@ async def _pending_rows(
 
 
 @dataclass(frozen=True)
-class _Draft:
+class Draft:
     """A sealed block not yet stored: its header, hash and signature (`block`, no entries),
     its chain_blocks row, and the transfer rows storing it must stamp. The row's JSON is
     serialised here, outside the write transaction (~1 ms for a block of 1,000 entries
@@ -237,7 +234,7 @@ async def _pending_entries(
             rows, signed = await _pending_rows(conn, chain_id, int(rows[-1][0]))
 
 
-async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -> _Draft | None:
+async def draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -> Draft | None:
     """Seal the chain's pending transfers into its next block, outside any write
     transaction (None when nothing is pending). What it read may be stale by the time
     _store_block runs; the height's primary key and the stamp count catch that."""
@@ -308,12 +305,10 @@ async def _draft_block(db: Database, chain_id: str, key: PrivateKey, now: int) -
         "body": (b"[" + b",".join(entries) + b"]").decode(),
         "signature": orjson.dumps(block["signature"]).decode(),
     }
-    return _Draft(block, row, seqs)
+    return Draft(block, row, seqs)
 
 
-async def _store_block(
-    conn: AsyncConnection, chain_id: str, draft: _Draft
-) -> dict[str, Any] | None:
+async def _store_block(conn: AsyncConnection, chain_id: str, draft: Draft) -> dict[str, Any] | None:
     """Insert a drafted block and stamp its transfers, inside the caller's
     transaction; None when another process is sealing this chain now (PostgreSQL)."""
     if conn.dialect.name == "postgresql":
@@ -348,17 +343,26 @@ async def _has_pending(db: Database, chain_id: str) -> bool:
     return row is not None
 
 
-async def seal_pending(db: Database, chain_id: str, key: PrivateKey) -> int:
-    """Seal every pending transfer of a chain (bounded rounds); the number of blocks made."""
+# Drafts a chain's next block at a time: draft_block itself, or the same in a helper process
+# (coordinator.service.seal_worker).
+Drafter = Callable[[Database, str, PrivateKey, int], Awaitable["Draft | None"]]
+
+
+async def seal_pending(
+    db: Database, chain_id: str, key: PrivateKey, drafter: Drafter | None = None
+) -> int:
+    """Seal every pending transfer of a chain (bounded rounds); the number of blocks made.
+    Each block is drafted by `drafter` (default draft_block) and stored here."""
     made = 0
     if not await _has_pending(db, chain_id):
         return made  # the common idle case costs a read, not a write transaction
+    draft_next = draft_block if drafter is None else drafter
     for _ in range(MAX_BLOCKS_PER_ROUND):
-        draft = await _draft_block(db, chain_id, key, now_ms())
+        draft = await draft_next(db, chain_id, key, now_ms())
         if draft is None:
             return made
 
-        async def op(conn: AsyncConnection, draft: _Draft = draft) -> dict[str, Any] | None:
+        async def op(conn: AsyncConnection, draft: Draft = draft) -> dict[str, Any] | None:
             return await _store_block(conn, chain_id, draft)
 
         try:
@@ -369,7 +373,7 @@ async def seal_pending(db: Database, chain_id: str, key: PrivateKey) -> int:
         if block is None:
             return made
         # Committed: the chain's tip is this block, signed here.
-        _note_signer(db, chain_id, block["hash"], block["signature"]["public_key"])
+        note_signer(db, chain_id, block["hash"], block["signature"]["public_key"])
         made += 1
         log.debug(
             "sealed block",
@@ -378,58 +382,3 @@ async def seal_pending(db: Database, chain_id: str, key: PrivateKey) -> int:
         if block["header"]["entry_count"] < MAX_ENTRIES_PER_BLOCK:
             return made
     return made
-
-
-def _coordinator_key(app: web.Application) -> PrivateKey:
-    if appkeys.COORDINATOR_KEY in app:
-        return app[appkeys.COORDINATOR_KEY]
-    # create_app normally loads it; a bare app still gets the data dir's key.
-    return load_or_create_key_file(app[appkeys.SETTINGS].key_path)
-
-
-async def _sealer_loop(app: web.Application) -> None:
-    settings = app[appkeys.SETTINGS]
-    db = app[appkeys.DATABASE]
-    key = _coordinator_key(app)
-    chain_ids = [chain.id for chain in settings.chains]
-    loop = asyncio.get_running_loop()
-    last_logged_ms: dict[str, int] = {}
-
-    def throttled(chain_id: str) -> bool:
-        # A lasting fault (database down, foreign key) is logged once a minute, not per round.
-        if now_ms() - last_logged_ms.get(chain_id, -LOG_EVERY_MS) < LOG_EVERY_MS:
-            return True
-        last_logged_ms[chain_id] = now_ms()
-        return False
-
-    next_round = loop.time()
-    while True:
-        # Fixed rate: a slow round does not push every later block back.
-        next_round += settings.block_interval_seconds
-        await asyncio.sleep(max(0.0, next_round - loop.time()))
-        next_round = max(next_round, loop.time() - settings.block_interval_seconds)
-        for chain_id in chain_ids:
-            try:
-                await seal_pending(db, chain_id, key)
-            except asyncio.CancelledError:
-                raise
-            except ForeignSigner as exc:
-                if not throttled(chain_id):
-                    log.error("not sealing: %s", exc, extra={"chain_id": chain_id})
-            except Exception:
-                # A lost connection or a full writer must not stop sealing for good.
-                if not throttled(chain_id):
-                    log.exception("block sealing failed", extra={"chain_id": chain_id})
-
-
-async def _sealer_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.get_running_loop().create_task(_sealer_loop(app), name="block-sealer")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-def setup_sealer(app: web.Application) -> None:
-    """Register the block sealer as a background task of the app (cleanup_ctx)."""
-    app.cleanup_ctx.append(_sealer_ctx)

@@ -18,6 +18,7 @@ from ait_harness import Coordinator, CoordinatorFactory, KeyInfo
 from chain.blocks import block_hash, verify_header_signature
 from chain.merkle import verify_proof
 from chain.verify import verify_chain
+from coordinator.service.sealer import HELPER_MIN_ENTRIES
 from miner.config import MinerSettings
 from miner.daemon import MinerDaemon
 from miner.runtime.base import ModelSpec
@@ -331,3 +332,51 @@ async def test_metrics_show_each_chains_height_and_unsealed_transfers(
         # The other chain is untouched.
         assert after[f"ait_chain_height{testnet}"] == -1
         height = tip
+
+
+async def _blocks_drafted(http: aiohttp.ClientSession, c: Coordinator) -> dict[str, float]:
+    """ait_blocks_drafted_total of a /metrics scrape, by where ("event_loop", "helper")."""
+    async with http.get(c.url + "/metrics") as r:
+        text = await r.text()
+    assert "# TYPE ait_blocks_drafted_total counter" in text
+    prefix = 'ait_blocks_drafted_total{where="'
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+async def test_a_busy_chain_is_drafted_by_the_seal_helper_and_still_verifies(
+    coordinator: Coordinator, admin_key: KeyInfo, http: aiohttp.ClientSession
+) -> None:
+    """Past HELPER_MIN_ENTRIES transfers in a block, a coordinator on a SQLite file drafts
+    its blocks in a helper process; the chain it makes verifies like any other. On
+    PostgreSQL the coordinator drafts them itself."""
+    c = coordinator
+    on_sqlite_file = c.db.sqlite_path is not None
+    address = address_of(generate_private_key())
+    minted = 0
+    deadline = time.monotonic() + 60
+    while True:
+        # A burst of mints, most of it pending at one round of the sealer.
+        for _ in range(HELPER_MIN_ENTRIES * 2):
+            await c.fund(address, 1)
+            minted += 1
+        drafted = await _blocks_drafted(http, c)
+        if not on_sqlite_file or drafted.get("helper", 0) > 0:
+            break
+        assert time.monotonic() < deadline, f"no block drafted by the seal helper: {drafted}"
+        await asyncio.sleep(0.5)
+
+    async def all_sealed() -> bool:
+        blocks = await _all_blocks(http, c, admin_key)
+        return sum(len(b["entries"]) for b in blocks) == minted
+
+    await _until(all_sealed, 30, "every mint in a block")
+    drafted = await _blocks_drafted(http, c)
+    assert drafted["event_loop"] >= 1
+    assert (drafted["helper"] > 0) == on_sqlite_file, drafted
+    report, _ = await _audit(http, c, admin_key)
+    assert report.ok, [str(f) for f in report.failures]
+    assert report.minted_uait == minted * 1_000_000

@@ -9,6 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,12 +24,14 @@ import pytest
 from sqlalchemy import select
 
 from chain import store
+from chain.blocks import MAX_ENTRIES_PER_BLOCK
 from chain.ledger import TREASURY_ADDRESS, Result
 from chain.merkle import verify_proof
 from chain.receipts import build_receipt, sign_receipt
 from chain.verify import verify_chain
 from coordinator.db.database import Database
 from coordinator.db.schema import chain_blocks, ledger_transfers, receipts
+from coordinator.metrics import Metrics
 from coordinator.service import block_reads
 from coordinator.service import blocks as sealer
 from coordinator.service.block_reads import chain_gauges, chain_height, get_blocks
@@ -33,11 +39,13 @@ from coordinator.service.blocks import (
     RECEIPT_WAIT_MS,
     ForeignSigner,
     SealRace,
-    _draft_block,
     _store_block,
+    draft_block,
     receipt_block,
     seal_pending,
 )
+from coordinator.service.seal_worker import SealWorker, SealWorkerFailed
+from coordinator.service.sealer import Sealer
 from coordinator.settings import Settings
 from protocol.canonical import canonical_bytes
 from protocol.keys import address_of, generate_private_key, public_key_hex
@@ -374,7 +382,7 @@ async def test_a_block_drafted_on_a_tip_that_moved_is_refused(db: Database) -> N
     # Sealing drafts a block outside the write transaction, so another sealer can store
     # that height first; the draft must then be refused, not stored beside it.
     await _mint(db, 0)
-    stale = await _draft_block(db, CHAIN, COORDINATOR, now_ms())
+    stale = await draft_block(db, CHAIN, COORDINATOR, now_ms())
     assert stale is not None and stale.block["header"]["height"] == 0
     assert await seal_pending(db, CHAIN, COORDINATOR) == 1  # another sealer got there first
     await _mint(db, 1)
@@ -429,3 +437,158 @@ async def test_chain_gauges_show_height_and_lag(db: Database, tmp_path: Path) ->
     after = await gauges()
     assert after[("ait_chain_height", CHAIN)] == 0
     assert after[("ait_chain_unsealed_transfers", CHAIN)] == 0
+
+
+# The seal helper process (coordinator.service.seal_worker) drafts from a SQLite file.
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'chain.db'}")
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+async def helper(sqlite_db: Database) -> AsyncIterator[SealWorker]:
+    worker = await SealWorker.start(sqlite_db.url, COORDINATOR)
+    try:
+        yield worker
+    finally:
+        await worker.close()
+
+
+async def _some_of_everything(db: Database, jobs: int) -> None:
+    for n in range(3):
+        await _mint(db, n, amount=100_000_000)
+    for n in range(jobs):
+        await _job(db, f"job_{n}", held=500_000, units=n + 1, price=1_000)
+
+
+async def test_the_helper_drafts_what_draft_block_drafts(
+    sqlite_db: Database, helper: SealWorker
+) -> None:
+    db = sqlite_db
+    await _some_of_everything(db, jobs=300)  # 1,203 transfers: pages of reads, a full block
+    now = now_ms()
+    here = await draft_block(db, CHAIN, COORDINATOR, now)
+    there = await helper.draft(CHAIN, now)
+    assert here is not None and there is not None
+    assert len(there.seqs) == MAX_ENTRIES_PER_BLOCK
+    # Ed25519 signatures are deterministic: the same block, byte for byte.
+    assert (there.block, there.row, there.seqs) == (here.block, here.row, here.seqs)
+
+    async def by_helper(db: Database, chain_id: str, key: Any, now: int) -> Any:
+        return await helper.draft(chain_id, now)
+
+    assert await seal_pending(db, CHAIN, COORDINATOR, by_helper) == 2
+    assert await helper.draft(CHAIN, now_ms()) is None  # nothing left
+    await _job(db, "job_late", held=500_000, units=7, price=1_000)
+    assert await seal_pending(db, CHAIN, COORDINATOR, by_helper) == 1  # on the new tip
+    blocks = await _all_blocks(db)
+    assert [len(b["entries"]) for b in blocks] == [1_000, 203, 4]
+    report = verify_chain(blocks, PUB, await _live(db), chain_id=CHAIN)
+    assert report.ok, [str(f) for f in report.failures]
+    assert report.minted_uait == 300_000_000
+
+
+async def test_the_helper_refuses_a_chain_signed_by_another_key(sqlite_db: Database) -> None:
+    await _mint(sqlite_db, 0)
+    assert await seal_pending(sqlite_db, CHAIN, generate_private_key()) == 1
+    await _mint(sqlite_db, 1)
+    worker = await SealWorker.start(sqlite_db.url, COORDINATOR)
+    try:
+        with pytest.raises(ForeignSigner, match=r"coordinator\.key"):
+            await worker.draft(CHAIN, now_ms())
+        # The refusal is an answer, not a failure: the same helper drafts the next chain.
+        await _mint(sqlite_db, 2, chain="ait-testnet")
+        draft = await worker.draft("ait-testnet", now_ms())
+        assert draft is not None and draft.block["header"]["height"] == 0
+    finally:
+        await worker.close()
+
+
+async def test_a_helper_that_cannot_open_the_database_does_not_start(tmp_path: Path) -> None:
+    with pytest.raises(SealWorkerFailed, match=r"failed a draft|did not start|died"):
+        worker = await SealWorker.start("postgresql+asyncpg://nobody@127.0.0.1:1/x", COORDINATOR)
+        await worker.draft(CHAIN, now_ms())
+
+
+async def _helper_ready(sealer_: Sealer, db: Database) -> SealWorker:
+    deadline = asyncio.get_running_loop().time() + 60
+    while (ready := sealer_.helper) is None:
+        assert asyncio.get_running_loop().time() < deadline, "the seal helper never got ready"
+        await asyncio.sleep(0.05)
+    return ready
+
+
+async def test_the_sealer_starts_its_helper_for_big_blocks_and_outlives_it(
+    sqlite_db: Database,
+) -> None:
+    db = sqlite_db
+    metrics = Metrics()
+    sealer_ = Sealer(db, COORDINATOR, metrics, helper_min_entries=5)
+    try:
+        await _mint(db, 9)
+        assert await seal_pending(db, CHAIN, COORDINATOR, sealer_.draft) == 1
+        assert sealer_.helper is None  # a block of 1: no helper
+        await _some_of_everything(db, jobs=2)  # a block of 11 starts it
+        assert await seal_pending(db, CHAIN, COORDINATOR, sealer_.draft) == 1
+        assert metrics.blocks_drafted == {"event_loop": 2}
+        first = await _helper_ready(sealer_, db)
+        await _job(db, "job_next", held=500_000, units=3, price=1_000)
+        assert await seal_pending(db, CHAIN, COORDINATOR, sealer_.draft) == 1
+        assert metrics.blocks_drafted == {"event_loop": 2, "helper": 1}
+        # Killed, the helper is replaced by drafting on the event loop: no block is lost.
+        os.kill(first.pid, signal.SIGKILL)
+        await _job(db, "job_after", held=500_000, units=3, price=1_000)
+        assert await seal_pending(db, CHAIN, COORDINATOR, sealer_.draft) == 1
+        assert metrics.blocks_drafted == {"event_loop": 3, "helper": 1}
+        assert sealer_.helper is None
+    finally:
+        await sealer_.close()
+    blocks = await _all_blocks(db)
+    assert [len(b["entries"]) for b in blocks] == [1, 11, 4, 4]
+    assert verify_chain(blocks, PUB, await _live(db), chain_id=CHAIN).ok
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait is left
+
+
+def test_the_helper_exits_when_its_coordinator_is_killed(tmp_path: Path) -> None:
+    """The helper reads requests from its coordinator's pipe: when the coordinator dies
+    (SIGKILL: no cleanup runs), the pipe closes and the helper exits by itself."""
+    db_path = tmp_path / "chain.db"
+    script = (
+        "import asyncio, sys\n"
+        "from coordinator.db.database import Database\n"
+        "from coordinator.service.seal_worker import SealWorker\n"
+        "from protocol.keys import generate_private_key\n"
+        "async def main():\n"
+        f"    db = await Database.open('sqlite+aiosqlite:///{db_path}')\n"
+        "    worker = await SealWorker.start(db.url, generate_private_key())\n"
+        "    print(worker.pid, flush=True)\n"
+        "    await asyncio.sleep(120)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        helper_pid = int(parent.stdout.readline())
+        assert _alive(helper_pid)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+    deadline = time.monotonic() + 20
+    while _alive(helper_pid):
+        assert time.monotonic() < deadline, "the seal helper outlived its coordinator"
+        time.sleep(0.05)
