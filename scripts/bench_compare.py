@@ -112,6 +112,9 @@ def bench_run(side: Side, bench_args: list[str], pair: int, order: int) -> dict[
         "settled_jobs_per_s": report["settled_jobs_per_s"],
         "coordinator_cpu_ms_per_job": cpu["coordinator"],
         "miners_cpu_ms_per_job": cpu["miners"],
+        # The coordinator's seal helper process (reported from round 27 on; else None).
+        "seal_helper_cpu_ms_per_job": cpu.get("seal_helper"),
+        "coordinator_cpu_percent": report["coordinator"]["cpu_percent"],
         "errors": report["errors"],
         "workdir": report["workdir"],  # removed once its report is read
     }

@@ -51,6 +51,8 @@ def test_pairs_alternate_and_each_side_runs_its_own_revision() -> None:
     for run in runs:
         assert run["errors"] == {} and run["settled_jobs_per_s"] > 0
         assert run["coordinator_cpu_ms_per_job"] > 0
+        assert run["seal_helper_cpu_ms_per_job"] >= 0
+        assert 0 < run["coordinator_cpu_percent"] <= 100
     assert sum(report["after_cpu_vs_before_in_pairs"].values()) == 2
     assert set(report["medians"]) == {"before", "after"}
     assert (report["before"], report["after"]) == ("HEAD", "working tree")

@@ -44,7 +44,16 @@ def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     assert report["submit_to_dispatch_ms"]["p99"] is not None
     assert report["submit_to_miner_start_ms"]["p99"] is not None  # read off the receipts
     # The accounting the docs rely on is there (values are not checked: no timing tests).
-    assert set(report["cpu_ms_per_settled_job"]) == {"coordinator", "miners", "load_generator"}
+    assert set(report["cpu_ms_per_settled_job"]) == {
+        "coordinator",
+        "seal_helper",
+        "miners",
+        "load_generator",
+    }
+    helper = report["coordinator"]["seal_helper"]
+    assert set(helper) == {"cpu_percent", "rss_mib", "blocks_drafted"}
+    # The window's settlements were sealed (drafted on the loop or in the helper).
+    assert sum(helper["blocks_drafted"].values()) > 0
     assert report["coordinator"]["group_commits"] > 0
     for histogram in ("commit_time", "loop_lag"):  # group commits; the loop's 50 ms timer
         times = report["coordinator"][histogram]
