@@ -115,6 +115,7 @@ def bench_run(side: Side, bench_args: list[str], pair: int, order: int) -> dict[
         # The coordinator's seal helper process (reported from round 27 on; else None).
         "seal_helper_cpu_ms_per_job": cpu.get("seal_helper"),
         "coordinator_cpu_percent": report["coordinator"]["cpu_percent"],
+        "submit_to_dispatch_p99_ms": report["submit_to_dispatch_ms"]["p99"],
         "errors": report["errors"],
         "workdir": report["workdir"],  # removed once its report is read
     }
@@ -130,14 +131,14 @@ def compare_runs(sides: tuple[Side, Side], pairs: int, bench_args: list[str]) ->
     return {"runs": runs, **summarise(runs)}
 
 
+MEDIANS = ("coordinator_cpu_ms_per_job", "settled_jobs_per_s", "submit_to_dispatch_p99_ms")
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each side's medians, and in how many pairs AFTER's CPU a job was lower, equal or
     higher than BEFORE's."""
     medians = {
-        name: {
-            key: statistics.median(r[key] for r in runs if r["side"] == name)
-            for key in ("coordinator_cpu_ms_per_job", "settled_jobs_per_s")
-        }
+        name: {key: statistics.median(r[key] for r in runs if r["side"] == name) for key in MEDIANS}
         for name in ("before", "after")
     }
     by_pair: dict[int, dict[str, float]] = {}

@@ -86,7 +86,7 @@ def test_bad_options_are_refused(argv: list[str]) -> None:
 
 def _run(pair: int, side: str, cpu: float, jobs: float) -> dict[str, Any]:
     return {"pair": pair, "side": side, "coordinator_cpu_ms_per_job": cpu,
-            "settled_jobs_per_s": jobs}  # fmt: skip
+            "settled_jobs_per_s": jobs, "submit_to_dispatch_p99_ms": cpu * 100}  # fmt: skip
 
 
 def test_the_summary_is_each_sides_median_and_the_pairs_counted() -> None:
@@ -97,8 +97,16 @@ def test_the_summary_is_each_sides_median_and_the_pairs_counted() -> None:
     ]  # fmt: skip
     summary = bench_compare.summarise(runs)
     assert summary["medians"] == {
-        "before": {"coordinator_cpu_ms_per_job": 0.60, "settled_jobs_per_s": 1150.0},
-        "after": {"coordinator_cpu_ms_per_job": 0.60, "settled_jobs_per_s": 1200.0},
+        "before": {
+            "coordinator_cpu_ms_per_job": 0.60,
+            "settled_jobs_per_s": 1150.0,
+            "submit_to_dispatch_p99_ms": 60.0,
+        },
+        "after": {
+            "coordinator_cpu_ms_per_job": 0.60,
+            "settled_jobs_per_s": 1200.0,
+            "submit_to_dispatch_p99_ms": 60.0,
+        },
     }
     assert summary["after_cpu_vs_before_in_pairs"] == {"lower": 1, "equal": 1, "higher": 1}
 
