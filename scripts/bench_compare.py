@@ -138,7 +138,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each side's medians, and in how many pairs AFTER's CPU a job was lower, equal or
     higher than BEFORE's."""
     medians = {
-        name: {key: statistics.median(r[key] for r in runs if r["side"] == name) for key in MEDIANS}
+        name: {
+            key: round(statistics.median(r[key] for r in runs if r["side"] == name), 3)
+            for key in MEDIANS
+        }
         for name in ("before", "after")
     }
     by_pair: dict[int, dict[str, float]] = {}

@@ -8,7 +8,9 @@ no timing in the loop: `--rounds` times, a client submits a batch of `--batch` j
 (`submit_batch`: escrow holds, job rows), a miner claims them (`claim_job`, coalesced
 into one `claim_many`), returns a signed result for each (`complete_job`: receipt checks,
 settlement, coalesced into one `complete_many`), and every `--seal-every` rounds the
-sealer seals what was settled. Prints one JSON report: thread CPU per job by phase.
+sealer seals what was settled (with `--seal-helper`, blocks drafted by the seal helper
+process, as a busy coordinator's are). Prints one JSON report: thread CPU per job by
+phase.
 
 Its work per job is fixed by its arguments, so instruction counts are repeatable: under
 `valgrind --tool=callgrind`, two runs that differ only in `--rounds` give the
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -38,11 +42,14 @@ from chain.receipts import build_receipt, sign_receipt
 from coordinator.bus import JobBus
 from coordinator.db.database import Database
 from coordinator.domain.jobs import Job, Priority, Requirements
+from coordinator.metrics import Metrics
 from coordinator.service import blocks, lifecycle
 from coordinator.service import jobs as job_service
 from coordinator.service.core import Core
 from coordinator.service.jobstate import MinerIdentity, Outcome
 from coordinator.service.keys import authenticate, create_key
+from coordinator.service.seal_worker import SealWorker
+from coordinator.service.sealer import Sealer
 from coordinator.settings import Settings
 from protocol.gc_tuning import tune_gc_after_startup
 from protocol.keys import (
@@ -142,11 +149,29 @@ async def _round(
         raise SystemExit(f"bench_ops: a result was refused: {changes[0]}")
 
 
-async def run(rounds: int, batch: int, seal_every: int, workdir: Path) -> dict[str, Any]:
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _ready_helper(sealer: Sealer) -> SealWorker:
+    deadline = time.monotonic() + 60
+    while (helper := sealer.helper) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit("bench_ops: the seal helper did not start within 60 s")
+        await asyncio.sleep(0.05)
+    return helper
+
+
+async def run(
+    rounds: int, batch: int, seal_every: int, workdir: Path, *, seal_helper: bool = False
+) -> dict[str, Any]:
     settings = Settings(data_dir=workdir, fee_bps=500)
     db = await Database.open(settings.db_url)
     core = Core(settings, db, JobBus())
     key = core.settings.key_path
+    stack = contextlib.AsyncExitStack()
     try:
         api_key, record, _ = await create_key(db, "client", None, None, workdir)
         client = await authenticate(db, api_key)
@@ -163,19 +188,34 @@ async def run(rounds: int, batch: int, seal_every: int, workdir: Path) -> dict[s
         if await db.write(fund) != Result.CREATED:
             raise SystemExit("bench_ops: the client could not be funded")
         coordinator_key = load_or_create_key_file(key)
+        drafter: blocks.Drafter | None = None
+        metrics = Metrics()  # blocks drafted, by where (the Sealer's; --seal-helper)
+        helper_pid = None
+        if seal_helper:
+            # Every block drafted by the helper process, started (and the funding's block
+            # sealed) before the measured rounds, as a busy coordinator's would be.
+            sealer = Sealer(db, coordinator_key, metrics, helper_min_entries=1)
+            stack.push_async_callback(sealer.close)
+            await blocks.seal_pending(db, CHAIN, coordinator_key, sealer.draft)
+            helper_pid = (await _ready_helper(sealer)).pid
+            drafter = sealer.draft
         tune_gc_after_startup()  # as `coordinator serve` does once it is up
         spent: dict[str, float] = {}
         sealed = 0
+        helper_before = _process_cpu_s(helper_pid) if helper_pid else 0.0
+        metrics.blocks_drafted.clear()  # the warm-up's
         started = time.thread_time()
         for index in range(rounds):
             await _round(core, client, miner, batch, index * batch, spent)
             if (index + 1) % seal_every == 0:
-                sealing = blocks.seal_pending(db, CHAIN, coordinator_key)
+                sealing = blocks.seal_pending(db, CHAIN, coordinator_key, drafter)
                 sealed += await _timed(spent, "seal", sealing)
         total = time.thread_time() - started
+        helper_cpu_s = _process_cpu_s(helper_pid) - helper_before if helper_pid else 0.0
         async with db.read() as conn:
             paid = await ledger_store.balance(conn, CHAIN, miner.identity.address)
     finally:
+        await stack.aclose()
         await db.close()
     jobs = rounds * batch
     return {
@@ -188,6 +228,9 @@ async def run(rounds: int, batch: int, seal_every: int, workdir: Path) -> dict[s
             "all": round(total / jobs * 1e6, 1),
             **{phase: round(seconds / jobs * 1e6, 1) for phase, seconds in spent.items()},
         },
+        # The seal helper's process CPU (--seal-helper; /proc's ticks: coarse on short runs).
+        "blocks_drafted_by_helper": metrics.blocks_drafted["helper"],
+        "seal_helper_cpu_us_per_job": round(helper_cpu_s / jobs * 1e6, 1) if seal_helper else None,
     }
 
 
@@ -196,11 +239,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=40, help="batches submitted and settled")
     parser.add_argument("--batch", type=int, default=25, help="jobs a batch (1-100)")
     parser.add_argument("--seal-every", type=int, default=4, help="rounds between seals")
+    parser.add_argument(
+        "--seal-helper",
+        action="store_true",
+        help="draft blocks in the seal helper process, as a busy coordinator does",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or not 1 <= args.batch <= 100 or args.seal_every < 1:
         parser.error("--rounds and --seal-every must be >= 1, --batch 1-100")
     with tempfile.TemporaryDirectory(prefix="ait-bench-ops-") as workdir:
-        report = asyncio.run(run(args.rounds, args.batch, args.seal_every, Path(workdir)))
+        report = asyncio.run(
+            run(
+                args.rounds,
+                args.batch,
+                args.seal_every,
+                Path(workdir),
+                seal_helper=args.seal_helper,
+            )
+        )
     json.dump(report, sys.stdout, indent=1)
     sys.stdout.write("\n")
 

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import struct
 import sys
 from pathlib import Path
@@ -121,6 +122,11 @@ class SealWorker:
                 await self._kill()
                 reason = "did not answer in time" if isinstance(exc, TimeoutError) else "died"
                 raise SealWorkerFailed(f"the seal helper {reason} ({exc!r})") from exc
+            except asyncio.CancelledError:
+                # Its answer may be half read: the pipe is out of step, so the helper goes.
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+                raise
         return head[:1], orjson.loads(document), body
 
     async def _kill(self) -> None:
@@ -187,6 +193,9 @@ def main() -> int:
     # by accident can corrupt a frame.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    # Ctrl-C in a terminal reaches the whole process group: the coordinator shuts down and
+    # closes this pipe, which is how the helper stops (without a traceback of its own).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests = sys.stdin.buffer
     line = requests.readline()
     if not line:
