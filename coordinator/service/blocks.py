@@ -1,15 +1,17 @@
-"""The block sealer and block reads: settled transfers -> signed blocks in chain_blocks.
+"""Sealing: settled transfers -> signed blocks in chain_blocks.
 
-Every `block_interval_seconds` the sealer takes, per configured chain, the transfers not
-yet in a block (`ledger_transfers.block_height IS NULL`, in `seq` order), attaches the
-signed receipt each payment settles and seals them into the next block with the
-coordinator key (each entry's canonical bytes hashed for its leaf and joined for the body;
-the header by chain.blocks.seal_header). That part reads committed rows a page at a time
-and runs outside any write transaction, handing the event loop back between pages and
-slices of entries, so neither the group-commit writer nor request handling waits for it.
-Then one short transaction inserts the block and stamps `block_height` on its transfers (a
-receipt's block is its payment's, so receipts are not stamped); the guards below refuse a
-draft whose height or transfers another sealer took meanwhile. Blocks are never rewritten.
+Every `block_interval_seconds` the sealer (its loop: coordinator.service.sealer) takes,
+per configured chain, the transfers not yet in a block (`ledger_transfers.block_height IS
+NULL`, in `seq` order), attaches the signed receipt each payment settles and seals them
+into the next block with the coordinator key (each entry's canonical bytes hashed for its
+leaf and joined for the body; the header by chain.blocks.seal_header). That part reads
+committed rows a page at a time and runs outside any write transaction, handing the event
+loop back between pages and slices of entries, so neither the group-commit writer nor
+request handling waits for it (on a busy SQLite file it runs in the seal helper process
+instead). Then one short transaction inserts the block and stamps `block_height` on its
+transfers (a receipt's block is its payment's, so receipts are not stamped); the guards
+below refuse a draft whose height or transfers another sealer took meanwhile. Blocks are
+never rewritten.
 
 Several coordinator processes on one PostgreSQL: a transaction-scoped advisory lock per
 chain lets one of them seal at a time (the others skip the round), and two guards back it
@@ -111,6 +113,8 @@ _TIP_SIGNERS: weakref.WeakKeyDictionary[Database, dict[str, tuple[str, str | Non
 
 
 def note_signer(db: Database, chain_id: str, block_hash: str, signer: str | None) -> None:
+    """Remember who signed the block `block_hash` of a chain, so a draft on that tip need
+    not read its signature back (used only while that block is the tip)."""
     _TIP_SIGNERS.setdefault(db, {})[chain_id] = (block_hash, signer)
 
 
@@ -343,8 +347,8 @@ async def _has_pending(db: Database, chain_id: str) -> bool:
     return row is not None
 
 
-# Drafts a chain's next block at a time: draft_block itself, or the same in a helper process
-# (coordinator.service.seal_worker).
+# What drafts a chain's next block: draft_block itself, or the same run in the seal helper
+# process (coordinator.service.sealer picks; coordinator.service.seal_worker runs it).
 Drafter = Callable[[Database, str, PrivateKey, int], Awaitable["Draft | None"]]
 
 

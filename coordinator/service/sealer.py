@@ -71,7 +71,8 @@ class Sealer:
                 log.error("drafting on the event loop for now: %s", exc)
                 await self._drop_helper()
             else:
-                self._metrics.blocks_drafted["helper"] += 1
+                if draft is not None:
+                    self._metrics.blocks_drafted["helper"] += 1
                 return draft
         draft = await draft_block(db, chain_id, key, now)
         if draft is not None:
@@ -84,8 +85,9 @@ class Sealer:
         starting = self._starting
         if starting is not None and starting.done():
             self._starting = None
-            if starting.cancelled() or starting.exception() is not None:
-                log.error("the seal helper did not start: %s", starting.exception())
+            failure = "cancelled" if starting.cancelled() else starting.exception()
+            if failure is not None:
+                log.error("the seal helper did not start: %s", failure)
                 self._retry_at = asyncio.get_running_loop().time() + HELPER_RETRY_S
             else:
                 self._helper = starting.result()

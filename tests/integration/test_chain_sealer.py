@@ -592,3 +592,37 @@ def test_the_helper_exits_when_its_coordinator_is_killed(tmp_path: Path) -> None
     while _alive(helper_pid):
         assert time.monotonic() < deadline, "the seal helper outlived its coordinator"
         time.sleep(0.05)
+
+
+async def test_a_helper_that_cannot_start_leaves_the_drafting_to_the_loop(
+    sqlite_db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = sqlite_db
+    metrics = Metrics()
+    sealer_ = Sealer(db, COORDINATOR, metrics, helper_min_entries=1)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))  # an interpreter gone
+
+    def failures() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "did not start" in r.getMessage()]
+
+    try:
+        await _mint(db, 0)
+        assert await seal_pending(db, CHAIN, COORDINATOR, sealer_.draft) == 1  # starts it
+        deadline = time.monotonic() + 10
+        while not failures():
+            assert sealer_.helper is None
+            assert time.monotonic() < deadline, "the failed start was never reported"
+            await asyncio.sleep(0.02)
+        for n in (1, 2):  # blocks drafted on the loop, no second start within a minute
+            await _mint(db, n)
+            assert await seal_pending(db, CHAIN, COORDINATOR, sealer_.draft) == 1
+            await asyncio.sleep(0.1)
+            assert sealer_.helper is None
+    finally:
+        await sealer_.close()
+    assert metrics.blocks_drafted == {"event_loop": 3}
+    assert len(failures()) == 1 and "no-python" in failures()[0]
+    assert verify_chain(await _all_blocks(db), PUB, await _live(db), chain_id=CHAIN).ok
