@@ -44,7 +44,7 @@ from coordinator.service.blocks import (
     receipt_block,
     seal_pending,
 )
-from coordinator.service.seal_worker import SealWorker, SealWorkerFailed
+from coordinator.service.seal_worker import HELPER_NICENESS, SealWorker, SealWorkerFailed
 from coordinator.service.sealer import Sealer
 from coordinator.settings import Settings
 from protocol.canonical import canonical_bytes
@@ -626,3 +626,9 @@ async def test_a_helper_that_cannot_start_leaves_the_drafting_to_the_loop(
     assert metrics.blocks_drafted == {"event_loop": 3}
     assert len(failures()) == 1 and "no-python" in failures()[0]
     assert verify_chain(await _all_blocks(db), PUB, await _live(db), chain_id=CHAIN).ok
+
+
+async def test_the_helper_yields_the_cpu_to_its_coordinator(helper: SealWorker) -> None:
+    """The helper runs niced, so a busy machine runs the coordinator's loop first."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, helper.pid) == min(19, ours + HELPER_NICENESS)
