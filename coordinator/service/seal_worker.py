@@ -68,7 +68,8 @@ class SealWorker:
     @classmethod
     async def start(cls, db_url: str, key: PrivateKey) -> SealWorker:
         """Start a helper on `db_url`'s database, signing with `key`; returns once it has
-        opened the database. Raises SealWorkerFailed if it does not within START_TIMEOUT_S."""
+        opened the database. Raises SealWorkerFailed if it does not within START_TIMEOUT_S,
+        OSError if the interpreter cannot be run."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
