@@ -83,10 +83,7 @@ class SealWorker:
         config = {"db": db_url, "key": private_key_hex(key), "log_level": level}
         try:
             kind, document, _ = await worker._ask(config, START_TIMEOUT_S)
-        except SealWorkerFailed:
-            await worker.close()
-            raise
-        except BaseException:  # cancelled: the helper exits once its stdin closes
+        except BaseException:  # failed (_ask killed it) or cancelled (it exits on EOF)
             worker.close_stdin()
             raise
         if kind != READY:
