@@ -13,9 +13,11 @@ from typing import Any
 from protocol.canonical import CanonicalError, canonical_bytes
 from protocol.keys import (
     PrivateKey,
+    SignedItem,
     is_address,
     miner_id_from_public_key,
     public_key_hex,
+    raw_key_and_signature,
     sign_hex,
     verify_hex,
 )
@@ -134,8 +136,29 @@ def check_receipt_fields(receipt: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def verify_receipt(receipt: object, signature: object) -> list[str]:
-    """Every failed check, by name; an empty list means the receipt is valid and signed."""
+def signed_item(receipt: object, signature: object) -> SignedItem | None:
+    """What ``verify_receipt`` checks the signature of, for verifying it elsewhere
+    (``protocol.ed25519_batch``): the raw key, the raw signature, the canonical bytes.
+    None where any of them cannot be had; ``verify_receipt`` then says which."""
+    if not isinstance(receipt, Mapping) or not isinstance(signature, Mapping):
+        return None
+    raw = raw_key_and_signature(receipt.get("public_key"), signature.get("sig"))
+    if raw is None:
+        return None
+    try:
+        message = canonical_bytes(dict(receipt))
+    except CanonicalError:
+        return None
+    return raw[0], raw[1], message
+
+
+def verify_receipt(
+    receipt: object, signature: object, signature_valid: bool | None = None
+) -> list[str]:
+    """Every failed check, by name; an empty list means the receipt is valid and signed.
+
+    ``signature_valid`` is the verdict on ``signed_item(receipt, signature)`` where the
+    caller verified it already (in a batch, off the event loop); None verifies here."""
     if not isinstance(receipt, Mapping):
         return ["receipt is not a JSON object"]
     if not isinstance(signature, Mapping):
@@ -145,10 +168,12 @@ def verify_receipt(receipt: object, signature: object) -> list[str]:
         problems.append("signature alg is not Ed25519")
     if signature.get("public_key") != receipt.get("public_key"):
         problems.append("signature public_key differs from the receipt's public_key")
-    try:
-        message = canonical_bytes(dict(receipt))
-    except CanonicalError as exc:
-        return [*problems, f"receipt has no canonical form: {exc}"]
-    if not verify_hex(receipt.get("public_key"), signature.get("sig"), message):
+    if signature_valid is None:
+        try:
+            message = canonical_bytes(dict(receipt))
+        except CanonicalError as exc:
+            return [*problems, f"receipt has no canonical form: {exc}"]
+        signature_valid = verify_hex(receipt.get("public_key"), signature.get("sig"), message)
+    if not signature_valid:
         problems.append("signature does not verify over the receipt's canonical bytes")
     return problems

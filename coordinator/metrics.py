@@ -64,6 +64,9 @@ class Metrics:
         self.miner_messages: Counter[str] = Counter()
         # Blocks drafted by where ("event_loop", "helper"; coordinator.service.sealer).
         self.blocks_drafted: Counter[str] = Counter()
+        # Result signatures by where they were verified ("event_loop", "thread";
+        # coordinator.hub.verifier).
+        self.signatures_verified: Counter[str] = Counter()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests[(method, route, status)] += 1

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 PrivateKey = Ed25519PrivateKey
+SignedItem = tuple[bytes, bytes, bytes]  # (raw public key, raw signature, signed bytes)
 
 ADDRESS_PREFIX = "ait1"
 MINER_ID_PREFIX = "miner_"
@@ -88,12 +89,23 @@ def sign_hex(private_key: PrivateKey, data: bytes) -> str:
     return nacl.bindings.crypto_sign(data, secret)[: nacl.bindings.crypto_sign_BYTES].hex()
 
 
-def verify_hex(public_key_hex: object, signature_hex: object, data: bytes) -> bool:
-    """True only for a valid signature; any malformed input is simply invalid."""
+def raw_key_and_signature(
+    public_key_hex: object, signature_hex: object
+) -> tuple[bytes, bytes] | None:
+    """The raw 32-byte key and 64-byte signature; None where either is not strict hex."""
     public_raw = _strict_hex(public_key_hex, 32)
     signature_raw = _strict_hex(signature_hex, 64)
     if public_raw is None or signature_raw is None:
+        return None
+    return public_raw, signature_raw
+
+
+def verify_hex(public_key_hex: object, signature_hex: object, data: bytes) -> bool:
+    """True only for a valid signature; any malformed input is simply invalid."""
+    raw = raw_key_and_signature(public_key_hex, signature_hex)
+    if raw is None:
         return False
+    public_raw, signature_raw = raw
     try:
         nacl.bindings.crypto_sign_open(signature_raw + data, public_raw)
     except nacl.exceptions.BadSignatureError:

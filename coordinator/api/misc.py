@@ -136,6 +136,12 @@ async def metrics(request: web.Request) -> web.Response:
         gauges.append(
             ("ait_blocks_drafted_total", "counter", help_text, {"where": where}, drafted[where])
         )
+    verified = request.app[METRICS].signatures_verified
+    for where in ("event_loop", "thread"):
+        help_text = "Result signatures checked, on the event loop or in a batch on a thread."
+        gauges.append(
+            ("ait_result_signatures_total", "counter", help_text, {"where": where}, verified[where])
+        )
     commit_help = "Group-commit transactions by seconds taken (first operation to commit)."
     histograms = [("ait_db_commit_seconds", commit_help, writers[0].commit_seconds)]
     lag = request.app.get(LOOP_LAG)

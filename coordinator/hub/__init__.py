@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from coordinator.appkeys import ADMISSION_DISPATCH, MINER_REGISTRY
+from coordinator.appkeys import ADMISSION_DISPATCH, METRICS, MINER_REGISTRY
 from coordinator.hub.admission import AdmissionDispatch
 from coordinator.hub.dispatcher import Hub, hub_tasks
 from coordinator.hub.registry import MAX_REMEMBERED, MinerConn, MinerRegistry
+from coordinator.hub.verifier import SIGNATURE_VERIFIER, SignatureVerifier
 from coordinator.hub.ws import miner_ws
 from coordinator.service import lifecycle
 from coordinator.service.core import Core
@@ -49,6 +50,8 @@ def setup_hub(app: web.Application) -> None:
     hub = Hub(app, registry)
     app[MINER_REGISTRY] = registry
     app[HUB] = hub
+    verifier = SignatureVerifier(app[METRICS])
+    app[SIGNATURE_VERIFIER] = verifier
     admission = AdmissionDispatch(hub)
     app[ADMISSION_DISPATCH] = admission
     app.router.add_get("/v1/miners/ws", miner_ws)
@@ -66,3 +69,8 @@ def setup_hub(app: web.Application) -> None:
             await conn.close(1001, "coordinator shutting down")
 
     app.on_shutdown.append(close_miners)
+
+    async def close_verifier(app: web.Application) -> None:
+        verifier.close()
+
+    app.on_cleanup.append(close_verifier)

@@ -17,11 +17,15 @@ from protocol.messages import Result
 Problem = tuple[str, str]  # (reject code, reason)
 
 
-def check_result(msg: Result, conn: MinerConn) -> Problem | None:
-    """None when the result may go on to settlement; else why it is rejected."""
+def check_result(
+    msg: Result, conn: MinerConn, signature_valid: bool | None = None
+) -> Problem | None:
+    """None when the result may go on to settlement; else why it is rejected.
+    ``signature_valid``: the signature's verdict where it was verified ahead
+    (hub/verifier.py); None verifies it here."""
     if not msg.signature or not msg.signature.get("sig"):
         return ("bad-signature", "the result carries no signature")
-    problems = verify_receipt(msg.receipt, msg.signature)
+    problems = verify_receipt(msg.receipt, msg.signature, signature_valid)
     if problems:
         return ("bad-signature", "; ".join(problems))
     receipt = msg.receipt

@@ -23,6 +23,7 @@ from coordinator.appkeys import METRICS, MINER_REGISTRY
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.hub.registry import MinerConn, MinerRegistry
 from coordinator.hub.results import check_result
+from coordinator.hub.verifier import SIGNATURE_VERIFIER, Verdicts
 from coordinator.service import lifecycle
 from coordinator.service.core import Core
 from coordinator.service.keys import authenticate
@@ -140,6 +141,8 @@ class Session:
         self._last_progress: dict[str, float] = {}
         # Results settle concurrently (they share group commits); one task per job id.
         self._results: dict[str, asyncio.Task[None]] = {}
+        self.verifier = app[SIGNATURE_VERIFIER]
+        self._verdicts = Verdicts()  # signatures verified with their frame's (hub/verifier.py)
         self._result_slots = asyncio.Semaphore(MAX_RESULTS_IN_FLIGHT)
 
     # -- plumbing ---------------------------------------------------------------------
@@ -289,6 +292,7 @@ class Session:
                 messages = [exc]
             self.metrics.miner_frames["in"] += 1
             self.metrics.miner_messages["in"] += len(messages)
+            await self.verifier.verify_frame(messages, self._verdicts)
             for msg in messages:
                 await self._dispatch(conn, msg)
         # Settlements already under way finish before the session ends.
@@ -428,7 +432,10 @@ class Session:
         await self.send(Cancel(job_id, "lease lost: the job ended or went to another miner"))
 
     async def _result(self, conn: MinerConn, msg: Result) -> None:
-        problem = check_result(msg, conn)
+        signature_valid = self._verdicts.take(msg)
+        if signature_valid is None:
+            self.metrics.signatures_verified["event_loop"] += 1
+        problem = check_result(msg, conn, signature_valid)
         if problem is None:
             output = msg.output_bytes()
             change = await lifecycle.complete_job(

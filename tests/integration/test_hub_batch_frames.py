@@ -16,8 +16,20 @@ from test_hub_faults import ADVERT, RawMiner, _output
 from test_hub_flow import Stack, StackFactory, stacks
 from websockets.typing import Subprotocol
 
+from coordinator.hub.verifier import MIN_BATCH
+from protocol import ed25519_batch
 from protocol.frames import BATCH_SUBPROTOCOL, decode_frame
-from protocol.messages import Ack, Advert, Assign, Error, Message, Progress, encode
+from protocol.messages import (
+    Ack,
+    Advert,
+    Assign,
+    Error,
+    Message,
+    Progress,
+    Reject,
+    Result,
+    encode,
+)
 
 BATCHES = [Subprotocol(BATCH_SUBPROTOCOL)]
 EIGHT_SLOTS = Advert(ADVERT.gpus, ADVERT.models, 8, ADVERT.software_version)
@@ -105,6 +117,53 @@ async def test_batched_assignments_results_and_acks(stack: Stack, keys: Keys, ra
         await stack.wait_status(keys.client, job_id, "completed")
     # One frame in carried the eight results.
     assert await _metric(stack, 'ait_miner_frames_total{direction="in"}') == in_frames + 1
+
+
+THREAD = 'ait_result_signatures_total{where="thread"}'
+EVENT_LOOP = 'ait_result_signatures_total{where="event_loop"}'
+
+
+@pytest.mark.skipif(not ed25519_batch.AVAILABLE, reason=ed25519_batch.UNAVAILABLE_REASON)
+async def test_a_frames_signatures_are_verified_together_and_each_answered(
+    stack: Stack, keys: Keys, raw: Connect
+) -> None:
+    jobs = await _submit(stack, keys, 8)
+    miner = await raw(advert=EIGHT_SLOTS, subprotocols=BATCHES)
+    assigns = [m for f in await _frames_until(miner, Assign, 8) for m in f if isinstance(m, Assign)]
+    results = [miner.result(a, _output(a)) for a in assigns]
+    flipped = dict(results[5].signature)
+    flipped["sig"] = ("0" if flipped["sig"][0] != "0" else "1") + flipped["sig"][1:]
+    results[5] = Result(**{**results[5].__dict__, "signature": flipped})
+    changed = {**results[6].receipt, "units": results[6].receipt["units"] + 1}
+    changed["cost_uait"] = changed["units"] * changed["price_uait_per_unit"]
+    results[6] = Result(**{**results[6].__dict__, "receipt": changed})  # signed before
+    not_hex = {**results[7].signature, "sig": "zz" * 64}  # cannot join the batch
+    results[7] = Result(**{**results[7].__dict__, "signature": not_hex})
+    thread, event_loop = await _metric(stack, THREAD), await _metric(stack, EVENT_LOOP)
+
+    await miner.ws.send("[" + ",".join(encode(r) for r in results) + "]")
+    answers: dict[str, Message] = {}
+    while len(answers) < 8:
+        for msg in decode_frame(await miner.ws.recv(), batches=True):
+            if isinstance(msg, Ack | Reject):
+                answers[msg.job_id] = msg
+    good, bad = jobs_of(assigns[:5]), jobs_of(assigns[5:])
+    assert {j for j, m in answers.items() if isinstance(m, Ack)} == good
+    rejects = [m for m in answers.values() if isinstance(m, Reject)]
+    assert {m.job_id for m in rejects} == bad
+    assert {m.code for m in rejects} == {"bad-signature"}
+    for job_id in good:
+        await stack.wait_status(keys.client, job_id, "completed")
+    # Seven went to the thread in one batch; the one with a non-hex signature was
+    # checked on the loop, which named its fault like every other.
+    assert MIN_BATCH <= 7
+    assert await _metric(stack, THREAD) == thread + 7
+    assert await _metric(stack, EVENT_LOOP) == event_loop + 1
+    assert sorted(jobs) == sorted(good | bad)
+
+
+def jobs_of(assigns: list[Assign]) -> set[str]:
+    return {a.job_id for a in assigns}
 
 
 async def test_a_bad_member_is_refused_alone(stack: Stack, keys: Keys, raw: Connect) -> None:

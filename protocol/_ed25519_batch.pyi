@@ -1,0 +1,3 @@
+from collections.abc import Sequence
+
+def verify_many(address: int, items: Sequence[tuple[bytes, bytes, bytes]], /) -> bytes: ...
