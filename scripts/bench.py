@@ -62,8 +62,12 @@ def proc_stats(pid: int) -> dict[str, float]:
     status = dict(
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
+    # The main thread alone (its task has the process's id): in the coordinator, the
+    # event loop, apart from the threads beside it (verify, SQLite checkpoints).
+    main = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return {
         "cpu_s": (int(fields[11]) + int(fields[12])) / ticks,
+        "main_thread_cpu_s": (int(main[11]) + int(main[12])) / ticks,
         "rss_mib": int(status["VmRSS"].split()[0]) / 1024,
         "peak_rss_mib": int(status["VmHWM"].split()[0]) / 1024,
     }
@@ -162,6 +166,7 @@ async def scrape_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, 
         "ait_miner_frames_total",
         "ait_miner_messages_total",
         "ait_blocks_drafted_total",
+        "ait_result_signatures_total",
     )
     out: dict[str, float] = {}
     with contextlib.suppress(aiohttp.ClientError):
@@ -549,6 +554,7 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
     client_latency_ms = [ms for load in loads for ms in load.client_latency_ms]
     settled = max(1.0, report["settled_jobs_per_s"] * (end - start))
     coordinator_cpu_s = after["cpu_s"] - before["cpu_s"]
+    event_loop_cpu_s = after["main_thread_cpu_s"] - before["main_thread_cpu_s"]
     # The seal helper (coordinator.service.sealer), started before or during the window.
     helpers_cpu_s = sum(
         stats["cpu_s"] - helpers_before.get(pid, {}).get("cpu_s", 0.0)
@@ -569,6 +575,9 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         },
         coordinator={
             "cpu_percent": round(100 * coordinator_cpu_s / (end - start), 1),
+            # Its main thread's share: the loop that serves every request and frame.
+            "event_loop_cpu_percent": round(100 * event_loop_cpu_s / (end - start), 1),
+            "event_loop_cpu_ms_per_job": round(1000 * event_loop_cpu_s / settled, 3),
             "rss_mib": round(after["rss_mib"], 1),
             "peak_rss_mib": round(after["peak_rss_mib"], 1),
             "group_commits": int(commits),
@@ -579,6 +588,17 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
                 metrics_before, metrics_after
             ),
             "miner_messages_per_frame": messages_per_frame(metrics_before, metrics_after),
+            # Where the window's result signatures were checked (coordinator.hub.verifier).
+            "result_signatures": {
+                where: int(
+                    grown(
+                        metrics_before,
+                        metrics_after,
+                        f'ait_result_signatures_total{{where="{where}"}}',
+                    )
+                )
+                for where in ("event_loop", "thread")
+            },
             "seal_helper": {
                 "cpu_percent": round(100 * helpers_cpu_s / (end - start), 1),
                 "rss_mib": round(helpers_rss_mib, 1),

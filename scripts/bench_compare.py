@@ -4,9 +4,10 @@ On this shared host the same code's CPU a job moves by up to 1.5x between minute
 change is measured against its base in the same window, the way every round since round
 7 has: alternating pairs of `scripts/bench` runs, BEFORE first in odd pairs and AFTER first
 in even ones, each revision running its own code and its own bench (from a git worktree,
-through PYTHONPATH, on this checkout's .venv). With `--instructions`, each revision's
-write path instead runs under `valgrind --tool=callgrind` (`scripts/bench_ops.py` at two
-round counts): instructions a job, which the host's speed does not move (round 22).
+its C extension built there, through PYTHONPATH, on this checkout's .venv). With
+`--instructions`, each revision's write path instead runs under `valgrind
+--tool=callgrind` (`scripts/bench_ops.py` at two round counts): instructions a job, which
+the host's speed does not move (round 22).
 
     .venv/bin/python scripts/bench_compare.py d196016              # against the working tree
     .venv/bin/python scripts/bench_compare.py d196016 006b9fb --pairs 6 -- --batch 25
@@ -77,9 +78,21 @@ def checked_out(revision: str, name: str) -> Iterator[Side]:
         _git("worktree", "add", "--detach", "--quiet", str(tree), commit)
         try:
             (tree / ".venv").symlink_to(ROOT / ".venv")
+            _build_extensions(tree, f"{name} ({revision})")
             yield Side(name, revision, tree)
         finally:
             _git("worktree", "remove", "--force", str(tree))
+
+
+def _build_extensions(tree: Path, label: str) -> None:
+    """A revision's compiled modules (setup.py's, since round 28) built in its tree, so it
+    runs its own; a revision without setup.py has none."""
+    if not (tree / "setup.py").exists():
+        return
+    command = [str(PYTHON), "setup.py", "-q", "build_ext", "--inplace"]
+    done = subprocess.run(command, cwd=tree, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise Refused(f"{label}: build_ext failed: {_last_line(done.stderr)}")
 
 
 def _run(side: Side, args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -115,6 +128,7 @@ def bench_run(side: Side, bench_args: list[str], pair: int, order: int) -> dict[
         # The coordinator's seal helper process (reported from round 27 on; else None).
         "seal_helper_cpu_ms_per_job": cpu.get("seal_helper"),
         "coordinator_cpu_percent": report["coordinator"]["cpu_percent"],
+        "event_loop_cpu_ms_per_job": report["coordinator"].get("event_loop_cpu_ms_per_job"),
         "submit_to_dispatch_p99_ms": report["submit_to_dispatch_ms"]["p99"],
         "errors": report["errors"],
         "workdir": report["workdir"],  # removed once its report is read
@@ -131,17 +145,25 @@ def compare_runs(sides: tuple[Side, Side], pairs: int, bench_args: list[str]) ->
     return {"runs": runs, **summarise(runs)}
 
 
-MEDIANS = ("coordinator_cpu_ms_per_job", "settled_jobs_per_s", "submit_to_dispatch_p99_ms")
+MEDIANS = (
+    "coordinator_cpu_ms_per_job",
+    "event_loop_cpu_ms_per_job",
+    "settled_jobs_per_s",
+    "submit_to_dispatch_p99_ms",
+)
+
+
+def _median(values: list[float | None]) -> float | None:
+    """Rounded; None where no run had the figure (a revision whose bench predates it)."""
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each side's medians, and in how many pairs AFTER's CPU a job was lower, equal or
     higher than BEFORE's."""
     medians = {
-        name: {
-            key: round(statistics.median(r[key] for r in runs if r["side"] == name), 3)
-            for key in MEDIANS
-        }
+        name: {key: _median([r[key] for r in runs if r["side"] == name]) for key in MEDIANS}
         for name in ("before", "after")
     }
     by_pair: dict[int, dict[str, float]] = {}

@@ -55,6 +55,11 @@ def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
     # The window's settlements were sealed (drafted on the loop or in the helper).
     assert sum(helper["blocks_drafted"].values()) > 0
     assert report["coordinator"]["group_commits"] > 0
+    # Every settled result's signature was checked, on the loop or in a frame's batch.
+    signatures = report["coordinator"]["result_signatures"]
+    assert set(signatures) == {"event_loop", "thread"} and sum(signatures.values()) > 0
+    loop_share = report["coordinator"]["event_loop_cpu_percent"]
+    assert 0 < loop_share <= report["coordinator"]["cpu_percent"]
     for histogram in ("commit_time", "loop_lag"):  # group commits; the loop's 50 ms timer
         times = report["coordinator"][histogram]
         assert set(times) == {"p50_at_most_ms", "p99_at_most_ms", "over_10ms"}
