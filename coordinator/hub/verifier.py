@@ -98,7 +98,7 @@ class SignatureVerifier:
     def close(self) -> None:
         self._closed = True
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False)  # a batch under way finishes; its session reads it
 
 
 SIGNATURE_VERIFIER: web.AppKey[SignatureVerifier] = web.AppKey(
