@@ -30,6 +30,7 @@ import aiohttp
 from bench_load import TERMINAL, BatchLoad, Load
 
 import protocol
+from protocol.limits import MAX_CONCURRENCY
 from protocol.timefmt import parse_iso_ms
 
 BIN = Path(sys.executable).parent
@@ -787,6 +788,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.batch <= 100:
         parser.error("--batch takes 1 to 100 jobs a request (0: one job a request)")
+    if not 1 <= args.miner_concurrency <= MAX_CONCURRENCY:
+        # A miner refuses such a config and never connects (the bench only saw that).
+        parser.error(f"--miner-concurrency takes 1 to {MAX_CONCURRENCY} slots a miner")
     if args.coordinator_python and not os.access(args.coordinator_python, os.X_OK):
         parser.error(f"--coordinator-python: {args.coordinator_python} is not an executable")
     if args.smoke:

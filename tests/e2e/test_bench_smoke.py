@@ -82,6 +82,19 @@ def test_bench_refuses_a_coordinator_python_that_is_not_there(tmp_path: Path) ->
     assert done.stdout == ""
 
 
+@pytest.mark.parametrize("slots", ["0", "65"])
+def test_bench_refuses_miner_slots_a_miner_would_refuse(slots: str) -> None:
+    # Such miners never connected, and the bench said only that, a minute later.
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--miner-concurrency", slots],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--miner-concurrency takes 1 to 64 slots a miner" in done.stderr
+
+
 def test_bench_refuses_more_wallets_than_clients() -> None:
     # The smoke's 4 clients, not the default 64: a wallet without a client submits nothing.
     done = subprocess.run(
