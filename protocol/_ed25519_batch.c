@@ -4,8 +4,9 @@
  * crypto_sign_verify_detached as found in PyNaCl's own loaded library, so this module
  * links against nothing but Python and verifies with the very code PyNaCl uses.
  * The items are checked and their buffers taken while the GIL is held; bytes objects
- * are immutable and the sequence copy holds a reference to each, so the buffers stay
- * valid while the loop runs without the GIL.
+ * are immutable and a tuple of the items (PySequence_Tuple: a list is copied, not
+ * shared, so another thread emptying it frees nothing) holds a reference to each, so the
+ * buffers stay valid while the loop runs without the GIL.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -44,7 +45,7 @@ static int take_entry(PyObject *item, Entry *entry) {
     return 0;
 }
 
-static PyObject *verify_many(PyObject *self, PyObject *args) {
+static PyObject *verify_many(PyObject *Py_UNUSED(module), PyObject *args) {
     unsigned long long address;
     PyObject *items;
     if (!PyArg_ParseTuple(args, "KO:verify_many", &address, &items)) {
@@ -54,11 +55,11 @@ static PyObject *verify_many(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "no verify function");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(items, "items must be a sequence");
+    PyObject *seq = PySequence_Tuple(items);
     if (seq == NULL) {
         return NULL;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t count = PyTuple_GET_SIZE(seq);
     Entry *entries = PyMem_Malloc(sizeof(Entry) * (size_t)(count > 0 ? count : 1));
     PyObject *verdicts = PyBytes_FromStringAndSize(NULL, count);
     if (entries == NULL || verdicts == NULL) {
@@ -68,7 +69,7 @@ static PyObject *verify_many(PyObject *self, PyObject *args) {
         goto fail;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (take_entry(PySequence_Fast_GET_ITEM(seq, i), &entries[i]) < 0) {
+        if (take_entry(PyTuple_GET_ITEM(seq, i), &entries[i]) < 0) {
             goto fail;
         }
     }
@@ -98,8 +99,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_ed25519_batch", "Ed25519 verification of many signatures.", -1,
-    methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_ed25519_batch",
+    .m_doc = "Ed25519 verification of many signatures.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__ed25519_batch(void) { return PyModule_Create(&module); }
