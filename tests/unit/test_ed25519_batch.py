@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chain.receipts import build_receipt, sign_receipt, signed_item, verify_receipt
 from protocol import ed25519_batch, keys
 from protocol.keys import SignedItem
 
@@ -112,36 +111,3 @@ def test_batches_verify_from_several_threads_at_once() -> None:
     for thread in threads:
         thread.join(timeout=30)
     assert answers == [expected] * 4
-
-
-def test_a_receipts_signed_item_and_its_verdict() -> None:
-    receipt = build_receipt(
-        job_id="job_1",
-        chain_id="ait-devnet",
-        miner_address=keys.address_of(KEY),
-        client_address=keys.address_of(OTHER),
-        model="echo",
-        input_sha256="a" * 64,
-        output_sha256="b" * 64,
-        units=3,
-        unit="byte",
-        price_uait_per_unit=2,
-        attempt=1,
-        started_at="2026-12-07T00:00:00.000Z",
-        completed_at="2026-12-07T00:00:01.000Z",
-        public_key=keys.public_key_hex(KEY),
-    )
-    signature = sign_receipt(KEY, receipt)
-    item = signed_item(receipt, signature)
-    assert item is not None and _inline(item)
-    assert verify_receipt(receipt, signature, True) == []
-    # A verdict given is trusted for the signature; the shape checks still run.
-    assert verify_receipt(receipt, signature, False) == [
-        "signature does not verify over the receipt's canonical bytes"
-    ]
-    assert verify_receipt({**receipt, "units": -1}, signature, True)[0] == "units is negative"
-    # What cannot go in a batch is left to the inline check, which names the fault.
-    assert signed_item(receipt, {**signature, "sig": "zz"}) is None
-    assert signed_item({**receipt, "public_key": "A" * 64}, signature) is None
-    assert signed_item({**receipt, "units": 1.5}, signature) is None  # no canonical form
-    assert signed_item([], signature) is None

@@ -1,6 +1,6 @@
 """coordinator.hub.verifier: which frames go to the verify thread, what comes back, and
 that every other frame is left to the inline check (the fallback where the C extension
-is not built)."""
+is not built); a receipt's signed item and the verdict `verify_receipt` is given."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from chain.receipts import build_receipt, sign_receipt
+from chain.receipts import build_receipt, sign_receipt, signed_item, verify_receipt
 from coordinator.hub.verifier import MIN_BATCH, SignatureVerifier, Verdicts
 from coordinator.metrics import Metrics
 from protocol import ed25519_batch, keys
@@ -99,3 +99,24 @@ async def test_frames_left_to_the_inline_check() -> None:
     verifier.close()
     await verifier.verify_frame([_result(n) for n in range(MIN_BATCH)], verdicts)
     assert len(verdicts) == 0 and not metrics.signatures_verified
+
+
+def test_a_receipts_signed_item_and_its_verdict() -> None:
+    msg = _result(3)
+    receipt, signature = dict(msg.receipt), dict(msg.signature)
+    item = signed_item(receipt, signature)
+    assert item is not None
+    if ed25519_batch.AVAILABLE:
+        assert ed25519_batch.verify_many([item]) == [True]
+    assert keys.verify_hex(item[0].hex(), item[1].hex(), item[2])
+    assert verify_receipt(receipt, signature, True) == []
+    # A verdict given is trusted for the signature; the shape checks still run.
+    assert verify_receipt(receipt, signature, False) == [
+        "signature does not verify over the receipt's canonical bytes"
+    ]
+    assert verify_receipt({**receipt, "units": -1}, signature, True)[0] == "units is negative"
+    # What cannot go in a batch is left to the inline check, which names the fault.
+    assert signed_item(receipt, {**signature, "sig": "zz"}) is None
+    assert signed_item({**receipt, "public_key": "A" * 64}, signature) is None
+    assert signed_item({**receipt, "units": 1.5}, signature) is None  # no canonical form
+    assert signed_item([], signature) is None
