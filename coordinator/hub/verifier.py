@@ -56,9 +56,8 @@ class Verdicts:
 class SignatureVerifier:
     """The coordinator's ``ait-verify`` thread (started by the first batch)."""
 
-    def __init__(self, metrics: Metrics, *, min_batch: int = MIN_BATCH) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.min_batch = min_batch
         self.enabled = ed25519_batch.AVAILABLE
         if not self.enabled:
             log.info(
@@ -72,7 +71,7 @@ class SignatureVerifier:
         self, messages: Sequence[Message | ProtocolError], into: Verdicts
     ) -> None:
         """Verify the signatures of the frame's results in one batch, off the loop, and
-        file each verdict in ``into``; does nothing for a frame below ``min_batch``."""
+        file each verdict in ``into``; does nothing for a frame below ``MIN_BATCH``."""
         if not self.enabled or self._closed:
             return
         batch: list[tuple[Result, SignedItem]] = []
@@ -81,16 +80,14 @@ class SignatureVerifier:
                 item = signed_item(msg.receipt, msg.signature)
                 if item is not None:
                     batch.append((msg, item))
-        if len(batch) < self.min_batch:
+        if len(batch) < MIN_BATCH:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="ait-verify")
         items = [item for _, item in batch]
+        # No await since the _closed check: the pool cannot have been shut down.
         loop = asyncio.get_running_loop()
-        try:
-            verdicts = await loop.run_in_executor(self._pool, ed25519_batch.verify_many, items)
-        except RuntimeError:  # the pool was shut down: the results verify inline
-            return
+        verdicts = await loop.run_in_executor(self._pool, ed25519_batch.verify_many, items)
         for (msg, _), valid in zip(batch, verdicts, strict=True):
             into.add(msg, valid)
         self.metrics.signatures_verified["thread"] += len(batch)
