@@ -6,13 +6,14 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from coordinator.settings import Settings, SettingsError, load_settings
+from protocol.eventloop import run as run_event_loop
 from protocol.logfmt import log_to_stderr
 
 T = TypeVar("T")
@@ -124,23 +125,13 @@ def serve(
     from coordinator.db.migrations import SchemaError
 
     try:
-        _run(_serve(settings))
+        run_event_loop(_serve(settings))
     except OSError as exc:
         _fail(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}")
     except SchemaError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         pass
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed (it is a dependency off Windows)."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)
 
 
 async def _serve(settings: Settings) -> None:

@@ -20,6 +20,7 @@ import typer
 from miner import __version__
 from miner.config import ConfigError, MinerSettings, load_settings
 from miner.gpu import DeviceError, probe
+from protocol.eventloop import run as run_event_loop
 from protocol.gc_tuning import tune_gc_after_startup
 from protocol.keys import KeyFileError
 from protocol.logfmt import log_to_stderr
@@ -97,7 +98,7 @@ def run(
         daemon = MinerDaemon(settings)
     except (KeyFileError, DeviceError, ValueError) as exc:
         _fail(str(exc))
-    asyncio.run(_serve(daemon))
+    run_event_loop(_serve(daemon))
 
 
 async def _serve(daemon: Any) -> None:

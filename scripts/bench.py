@@ -617,10 +617,10 @@ async def run_load(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]
         },
         # CPU time per job settled in the window: steadier than jobs/s on a shared machine.
         cpu_ms_per_settled_job={
-            "coordinator": round(1000 * coordinator_cpu_s / settled, 2),
-            "seal_helper": round(1000 * helpers_cpu_s / settled, 2),
-            "miners": round(1000 * (cpu_after[0] - cpu_before[0]) / settled, 2),
-            "load_generator": round(1000 * (cpu_after[1] - cpu_before[1]) / settled, 2),
+            "coordinator": round(1000 * coordinator_cpu_s / settled, 3),
+            "seal_helper": round(1000 * helpers_cpu_s / settled, 3),
+            "miners": round(1000 * (cpu_after[0] - cpu_before[0]) / settled, 3),
+            "load_generator": round(1000 * (cpu_after[1] - cpu_before[1]) / settled, 3),
         },
         machine_load_average={"before": load_before, "after": load_after},
     )

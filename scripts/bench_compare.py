@@ -148,6 +148,7 @@ def compare_runs(sides: tuple[Side, Side], pairs: int, bench_args: list[str]) ->
 MEDIANS = (
     "coordinator_cpu_ms_per_job",
     "event_loop_cpu_ms_per_job",
+    "miners_cpu_ms_per_job",
     "settled_jobs_per_s",
     "submit_to_dispatch_p99_ms",
 )
