@@ -53,6 +53,22 @@ def test_signatures_match_rfc_8032_and_cryptography_both_ways() -> None:
     assert keys.verify_hex(keys.public_key_hex(other), other.sign(message).hex(), message)
 
 
+def test_each_key_signs_as_itself_however_many_a_process_holds() -> None:
+    # Signing material is kept per key object (a bounded cache): more keys than it holds,
+    # each used twice, still sign with their own secret and name their own public key.
+    made = [keys.generate_private_key() for _ in range(80)]
+    for _ in range(2):
+        for key in made:
+            public = key.public_key().public_bytes_raw().hex()
+            assert keys.public_key_hex(key) == public
+            sig = keys.sign_hex(key, public.encode())
+            assert sig == key.sign(public.encode()).hex()
+            assert keys.verify_hex(public, sig, public.encode())
+    # Another object of the same seed is the same key.
+    twin = keys.private_key_from_hex(keys.private_key_hex(made[0]))
+    assert keys.sign_hex(twin, b"m") == keys.sign_hex(made[0], b"m")
+
+
 def test_a_small_order_public_key_verifies_nothing() -> None:
     # The identity point with R = identity, S = 0 "signs" every message under plain
     # cofactorless checks (OpenSSL accepts it); anyone could speak for such a key.
