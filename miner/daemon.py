@@ -45,6 +45,7 @@ from protocol.messages import (
     Result,
     Resume,
     Welcome,
+    encode,
 )
 from protocol.waits import wait_event
 
@@ -203,7 +204,7 @@ class MinerDaemon:
         if self._draining:
             await frames.send(Release((), "shutdown", True))
         for job_id, pending in list(self.outbox.items()):
-            await frames.send(pending)
+            await frames.send_text(_wire_text(pending))
             self._sent_at[job_id] = time.monotonic()
             if isinstance(pending, Failed):
                 self.outbox.pop(job_id, None)
@@ -314,7 +315,7 @@ class MinerDaemon:
             msg = self.outbox.get(job_id)
             if msg is not None and now - self._sent_at.get(job_id, now) > RESULT_RETRY_S:
                 log.info("re-sending an unanswered result", extra={"job_id": job_id})
-                await frames.send(msg)
+                await frames.send_text(_wire_text(msg))
                 self._sent_at[job_id] = now
 
     def _on_progress(self, job_id: str, percent: int, message: str | None) -> None:
@@ -360,7 +361,7 @@ class MinerDaemon:
         if frames is None:
             return False
         try:
-            await frames.send(msg)
+            await frames.send_text(_wire_text(msg))
         except ConnectionClosed:
             return False
         if isinstance(msg, Progress):
@@ -372,3 +373,10 @@ class MinerDaemon:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _wire_text(msg: Message) -> str:
+    """The frame text of a message this daemon sends. A result comes from the worker,
+    which encoded it whole but its output (our own base64) before handing it over, so it
+    is not parsed back a second time (that was ~6% of a busy miner's CPU)."""
+    return encode(msg, validate=not isinstance(msg, Result))

@@ -207,7 +207,9 @@ class Worker:
             filename=out.filename,
             summary=summary,
         )
-        try:  # cheap: everything but the output, which is checked above
+        # Everything but the output (checked above; base64 made here): the daemon sends
+        # the result without parsing it back (miner.daemon._wire_text).
+        try:
             encode(result)
         except ProtocolError as exc:
             return Failed(a.job_id, f"the runtime's result does not fit the protocol: {exc}", False)

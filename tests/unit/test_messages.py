@@ -237,6 +237,18 @@ def test_encode_refuses_an_invalid_message() -> None:
         encode(Progress("job_1", 250))
 
 
+def test_encode_without_validation_still_refuses_what_is_not_a_frame() -> None:
+    # For a message validated by an earlier encode (a miner's result): no parse back, so
+    # a field rule is not checked again, but the text is still JSON within the size bound.
+    assert encode(Progress("job_1", 250), validate=False) == (
+        '{"v":1,"type":"progress","job_id":"job_1","percent":250}'
+    )
+    with pytest.raises(ProtocolError, match="no JSON form"):
+        encode(Progress("job_1", 5, "\ud800"), validate=False)
+    with pytest.raises(ProtocolError, match="larger than"):
+        encode(Progress("job_1", 5, "x" * MAX_MESSAGE_BYTES), validate=False)
+
+
 def test_auth_payload_signature() -> None:
     key = generate_private_key()
     sig = sign_hex(key, auth_payload("abc"))
