@@ -32,10 +32,3 @@ def test_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.MonkeyPatch) -
     assert not issubclass(loop_type, uvloop.Loop)
     assert issubclass(loop_type, asyncio.AbstractEventLoop)
 
-
-def test_both_daemons_use_it() -> None:
-    import coordinator.cli
-    import miner.cli
-
-    assert coordinator.cli.run_event_loop is eventloop.run
-    assert miner.cli.run_event_loop is eventloop.run

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import subprocess
+import sys
+import time
 
-from protocol.logfmt import LINE_FORMAT, KeyValueFormatter
+from protocol.logfmt import LINE_FORMAT, KeyValueFormatter, _StderrHandler
 
 
 def _record(extra: dict[str, object] | None = None) -> logging.LogRecord:
@@ -39,3 +43,82 @@ def test_the_time_is_the_default_shape_as_the_seconds_change_and_come_back() -> 
         record = _record()
         record.created, record.msecs = created, (created - int(created)) * 1000 // 1
         assert ours.format(record) == stdlib.format(record)
+
+
+# -- the daemons' stderr handler: lines below WARNING written together ------------------
+def _handler(stream: io.StringIO, delay_s: float) -> logging.Handler:
+    handler = _StderrHandler(stream, delay_s)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    return handler
+
+
+def _log(handler: logging.Handler, level: int, message: str) -> None:
+    handler.handle(logging.LogRecord("t", level, "f.py", 1, message, None, None))
+
+
+def test_info_lines_wait_and_a_warning_writes_them_first_in_order() -> None:
+    stream = io.StringIO()
+    handler = _handler(stream, delay_s=3600)  # the flusher will not write in this test
+    try:
+        _log(handler, logging.INFO, "one")
+        _log(handler, logging.DEBUG, "two")
+        assert stream.getvalue() == ""
+        _log(handler, logging.WARNING, "three")
+        assert stream.getvalue() == "INFO one\nDEBUG two\nWARNING three\n"
+        _log(handler, logging.INFO, "four")
+        handler.flush()
+        assert stream.getvalue().endswith("WARNING three\nINFO four\n")
+    finally:
+        handler.close()
+
+
+def test_close_writes_what_waits_and_later_lines_go_straight_out() -> None:
+    stream = io.StringIO()
+    handler = _handler(stream, delay_s=3600)
+    _log(handler, logging.INFO, "pending")
+    handler.close()
+    assert stream.getvalue() == "INFO pending\n"
+    _log(handler, logging.INFO, "after close")  # a late record is not kept back
+    assert stream.getvalue() == "INFO pending\nINFO after close\n"
+
+
+def test_the_flusher_writes_waiting_lines_by_itself() -> None:
+    stream = io.StringIO()
+    handler = _handler(stream, delay_s=0.01)
+    try:
+        for round_ in range(3):  # each round's lines wait for the flusher alone
+            _log(handler, logging.INFO, f"line {round_}")
+            for _ in range(500):  # bounded: 5 s at most
+                if f"line {round_}\n" in stream.getvalue():
+                    break
+                time.sleep(0.01)
+        assert stream.getvalue() == "INFO line 0\nINFO line 1\nINFO line 2\n"
+    finally:
+        handler.close()
+
+
+def test_a_closed_stream_loses_lines_quietly() -> None:
+    stream = io.StringIO()
+    handler = _handler(stream, delay_s=3600)
+    _log(handler, logging.INFO, "lost")
+    stream.close()
+    handler.flush()  # no ValueError out of logging
+    handler.close()
+
+
+def test_a_daemon_that_exits_has_written_every_line() -> None:
+    # logging's shutdown at exit flushes the handler: nothing logged is lost on the way out.
+    script = (
+        "import logging\n"
+        "from protocol.logfmt import log_to_stderr\n"
+        "log_to_stderr('info')\n"
+        "for i in range(2000):\n"
+        "    logging.getLogger('coordinator').info('job %d', i)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2000
+    assert lines[0].endswith("INFO coordinator: job 0")
+    assert lines[-1].endswith("INFO coordinator: job 1999")
