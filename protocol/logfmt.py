@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
+import weakref
 from typing import TextIO
 
 LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -69,6 +71,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._due = threading.Event()
         self._closed = False
         self._flusher: threading.Thread | None = None
+        _HANDLERS.add(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         # logging.Handler.handle holds self.lock around this.
@@ -112,6 +115,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except (OSError, ValueError):  # a closed or broken stderr: nowhere left to say so
             pass
 
+    def _forget_after_fork(self) -> None:
+        # A forked child has the parent's waiting lines, which the parent writes itself.
+        self._pending.clear()
+
     def _start_flusher(self) -> None:
         # (Also after a fork: the child has the object but not the thread.)
         if self._flusher is None or not self._flusher.is_alive():
@@ -128,6 +135,18 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
             time.sleep(self._delay_s)
             self._due.clear()  # before writing: a line that comes after sets it again
             self.flush()
+
+
+_HANDLERS: weakref.WeakSet[_StderrHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_HANDLERS):
+        handler._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def log_to_stderr(level: str) -> None:

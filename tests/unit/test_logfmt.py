@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 import time
+import warnings
+from pathlib import Path
+from typing import TextIO
+
+import pytest
 
 from protocol.logfmt import LINE_FORMAT, KeyValueFormatter, _StderrHandler
 
@@ -46,7 +52,7 @@ def test_the_time_is_the_default_shape_as_the_seconds_change_and_come_back() -> 
 
 
 # -- the daemons' stderr handler: lines below WARNING written together ------------------
-def _handler(stream: io.StringIO, delay_s: float) -> logging.Handler:
+def _handler(stream: TextIO, delay_s: float) -> logging.Handler:
     handler = _StderrHandler(stream, delay_s)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     return handler
@@ -122,3 +128,23 @@ def test_a_daemon_that_exits_has_written_every_line() -> None:
     assert len(lines) == 2000
     assert lines[0].endswith("INFO coordinator: job 0")
     assert lines[-1].endswith("INFO coordinator: job 1999")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_does_not_write_its_parents_waiting_lines(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    with path.open("w") as stream:
+        handler = _handler(stream, delay_s=3600)
+        try:
+            _log(handler, logging.INFO, "parent waits")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork with threads
+                pid = os.fork()
+            if pid == 0:  # the child: a warning writes what waits in *its* handler
+                _log(handler, logging.WARNING, "child")
+                os._exit(0)
+            assert os.waitpid(pid, 0)[1] == 0
+            handler.flush()
+        finally:
+            handler.close()
+    assert sorted(path.read_text().splitlines()) == ["INFO parent waits", "WARNING child"]
