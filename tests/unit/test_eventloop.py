@@ -31,4 +31,3 @@ def test_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.MonkeyPatch) -
     loop_type = _loop_type_seen()
     assert not issubclass(loop_type, uvloop.Loop)
     assert issubclass(loop_type, asyncio.AbstractEventLoop)
-
