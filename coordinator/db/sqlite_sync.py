@@ -18,13 +18,11 @@ read through it would see the database as it was then.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -254,44 +252,19 @@ class SqliteStore:
         self.path = path
         self._checkpoints: asyncio.Task[None] | None = None
         self._stop_checkpoints = asyncio.Event()
-        # COMMIT (writing the transaction's pages to the WAL) runs here, off the loop.
-        self._commit_thread: ThreadPoolExecutor | None = None
-        self._one_transaction = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        # The loop may run other tasks while a COMMIT is on the thread: one transaction at
-        # a time on the writer connection (the group-commit writer takes them in turn).
-        async with self._one_transaction:
-            conn = self._writer = usable_connection(self._writer) or self._write_engine.connect()
-            driver = conn.connection.driver_connection
-            assert isinstance(driver, sqlite3.Connection)
-            try:
-                driver.execute("BEGIN IMMEDIATE")
-                yield SyncConnection(conn)
-                await self._commit(driver)
-            except BaseException:
-                if driver.in_transaction:
-                    driver.execute("ROLLBACK")
-                raise
-
-    async def _commit(self, driver: sqlite3.Connection) -> None:
-        """COMMIT on the commit thread for a file: its WAL writes (a few hundred pwrite
-        calls for a group commit) run in C with the GIL released, beside the loop's Python
-        (docs/benchmarks.md, round 29). ':memory:' has no WAL and shares its connection
-        with the reader: inline."""
-        if self.memory:
-            driver.execute("COMMIT")
-            return
-        if self._commit_thread is None:
-            self._commit_thread = ThreadPoolExecutor(1, "ait-sqlite-commit")
-        done = self._commit_thread.submit(driver.execute, "COMMIT")
+        conn = self._writer = usable_connection(self._writer) or self._write_engine.connect()
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
         try:
-            await asyncio.wrap_future(done)
+            driver.execute("BEGIN IMMEDIATE")
+            yield SyncConnection(conn)
+            driver.execute("COMMIT")
         except BaseException:
-            # Cancelled while the thread commits: nothing may touch the connection (a
-            # ROLLBACK) until it is done. A failed COMMIT raises its own error here.
-            concurrent.futures.wait([done])
+            if driver.in_transaction:
+                driver.execute("ROLLBACK")
             raise
 
     def reader(self) -> SyncConnection:
@@ -327,9 +300,6 @@ class SqliteStore:
                 log.warning("WAL checkpoint failed: %s", exc)
 
     def close(self) -> None:
-        if self._commit_thread is not None:
-            self._commit_thread.shutdown(wait=True)
-            self._commit_thread = None
         for conn in (self._reader and self._reader.sync_connection, self._writer):
             if conn is not None:
                 with contextlib.suppress(Exception):
