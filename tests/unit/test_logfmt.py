@@ -78,10 +78,16 @@ def test_info_lines_wait_and_a_warning_writes_them_first_in_order() -> None:
         handler.close()
 
 
-def test_close_writes_what_waits_and_later_lines_go_straight_out() -> None:
+def _holding(message: str) -> tuple[io.StringIO, logging.Handler]:
+    """A handler whose flusher will not write in a test, holding one INFO line."""
     stream = io.StringIO()
     handler = _handler(stream, delay_s=3600)
-    _log(handler, logging.INFO, "pending")
+    _log(handler, logging.INFO, message)
+    return stream, handler
+
+
+def test_close_writes_what_waits_and_later_lines_go_straight_out() -> None:
+    stream, handler = _holding("pending")
     handler.close()
     assert stream.getvalue() == "INFO pending\n"
     _log(handler, logging.INFO, "after close")  # a late record is not kept back
@@ -104,9 +110,7 @@ def test_the_flusher_writes_waiting_lines_by_itself() -> None:
 
 
 def test_a_closed_stream_loses_lines_quietly() -> None:
-    stream = io.StringIO()
-    handler = _handler(stream, delay_s=3600)
-    _log(handler, logging.INFO, "lost")
+    stream, handler = _holding("lost")
     stream.close()
     handler.flush()  # no ValueError out of logging
     handler.close()
