@@ -90,8 +90,8 @@ def _run(pair: int, side: str, cpu: float, jobs: float) -> dict[str, Any]:
     # Only AFTER's bench reports its event loop's CPU, as against a revision before round 28.
     loop = cpu - 0.1 if side == "after" else None
     return {"pair": pair, "side": side, "coordinator_cpu_ms_per_job": cpu,
-            "event_loop_cpu_ms_per_job": loop, "settled_jobs_per_s": jobs,
-            "submit_to_dispatch_p99_ms": cpu * 100}  # fmt: skip
+            "event_loop_cpu_ms_per_job": loop, "miners_cpu_ms_per_job": round(cpu / 2, 3),
+            "settled_jobs_per_s": jobs, "submit_to_dispatch_p99_ms": cpu * 100}  # fmt: skip
 
 
 def test_the_summary_is_each_sides_median_and_the_pairs_counted() -> None:
@@ -105,12 +105,14 @@ def test_the_summary_is_each_sides_median_and_the_pairs_counted() -> None:
         "before": {
             "coordinator_cpu_ms_per_job": 0.60,
             "event_loop_cpu_ms_per_job": None,
+            "miners_cpu_ms_per_job": 0.3,
             "settled_jobs_per_s": 1150.0,
             "submit_to_dispatch_p99_ms": 60.0,
         },
         "after": {
             "coordinator_cpu_ms_per_job": 0.60,
             "event_loop_cpu_ms_per_job": 0.5,
+            "miners_cpu_ms_per_job": 0.3,
             "settled_jobs_per_s": 1200.0,
             "submit_to_dispatch_p99_ms": 60.0,
         },
