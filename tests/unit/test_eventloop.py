@@ -1,4 +1,4 @@
-"""Both daemons' entry points run their coroutine through `protocol.eventloop.run`: on
+"""`protocol.eventloop.run`, which both daemons' entry points call, runs its coroutine on
 uvloop where it is installed (a dependency off Windows), else on asyncio's own loop."""
 
 from __future__ import annotations
