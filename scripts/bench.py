@@ -75,11 +75,19 @@ def proc_stats(pid: int) -> dict[str, float]:
 
 
 LIBRARIES = ("aiohttp", "sqlalchemy", "aiosqlite", "asyncpg", "uvloop", "orjson")
-# Prints, as JSON, the version of the interpreter that runs it and of its LIBRARIES.
+# Prints, as JSON, the version of the interpreter that runs it and of its LIBRARIES, and
+# which build it is: the executable a venv's python resolves to, and whether it loads
+# libpython as a shared library. The build moved the coordinator's CPU a job by a quarter
+# on the same code (docs/benchmarks.md, round 30), so figures name it.
 _PRINT_VERSIONS = f"""
-import json, sys
+import json, os, sys
 from importlib.metadata import PackageNotFoundError, version
-out = {{"python": sys.version.split()[0]}}
+out = {{"python": sys.version.split()[0], "python_executable": os.path.realpath(sys.executable)}}
+try:
+    with open("/proc/self/maps") as maps:
+        out["libpython"] = "shared" if "/libpython3" in maps.read() else "static"
+except OSError:
+    pass
 for name in {LIBRARIES!r}:
     try:
         out[name] = version(name)
