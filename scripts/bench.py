@@ -77,7 +77,7 @@ def proc_stats(pid: int) -> dict[str, float]:
 LIBRARIES = ("aiohttp", "sqlalchemy", "aiosqlite", "asyncpg", "uvloop", "orjson")
 # Prints, as JSON, the version of the interpreter that runs it and of its LIBRARIES, and
 # which build it is: the executable a venv's python resolves to, and whether it loads
-# libpython as a shared library. The build moved the coordinator's CPU a job by a quarter
+# libpython as a shared library. The build moved the coordinator's CPU a job by a fifth
 # on the same code (docs/benchmarks.md, round 30), so figures name it.
 _PRINT_VERSIONS = f"""
 import json, os, sys

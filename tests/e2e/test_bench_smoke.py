@@ -66,7 +66,7 @@ def test_bench_smoke_settles_every_job(mode: list[str]) -> None:
         assert set(times) == {"p50_at_most_ms", "p99_at_most_ms", "over_10ms"}
         assert times["p50_at_most_ms"] is not None and times["over_10ms"] >= 0
     assert report["versions"]["sqlalchemy"]
-    # Which build of the interpreter ran it (a quarter of the CPU a job, round 30).
+    # Which build of the interpreter ran it (a fifth of the CPU a job, round 30).
     assert report["versions"]["python_executable"] == os.path.realpath(sys.executable)
     assert report["versions"]["libpython"] in ("shared", "static")
     if "--coordinator-python" in mode:
