@@ -60,10 +60,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     Lines below WARNING are written together, at most FLUSH_DELAY_S after the first of
     them, by a flusher thread: a busy coordinator logs two lines a job, and writing and
     flushing each by itself cost its event loop 3.5% of its CPU a job (docs/benchmarks.md,
-    round 29). A
-    WARNING or worse writes what waits and itself at once, in order, as do `flush()`,
-    `close()` and logging's shutdown at exit; a process killed outright loses at most
-    the last FLUSH_DELAY_S of lines below WARNING."""
+    round 29). A WARNING or worse writes what waits and itself at once, in order, as do
+    `flush()`, `close()` and logging's shutdown at exit; a process killed outright loses
+    at most the last FLUSH_DELAY_S of lines below WARNING."""
 
     def __init__(self, stream: TextIO, delay_s: float = FLUSH_DELAY_S) -> None:
         super().__init__(stream)
