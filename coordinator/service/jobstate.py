@@ -114,6 +114,23 @@ def update_params(job_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+def row_params(job: Job, columns: tuple[str, ...], **stored: Any) -> dict[str, Any]:
+    """`update_params` of `columns` as `job` holds them, or as `stored` gives them (a
+    column's form of a field: an enum's value, JSON text; a column no field holds). One
+    dict a row and its keys made once: a batch builds one of these a job (round 31)."""
+    fields = job.__dict__
+    params = {
+        key: stored[name] if name in stored else fields[name] for name, key in _param_keys(columns)
+    }
+    params["v_job_id"] = job.job_id
+    return params
+
+
+@functools.cache
+def _param_keys(columns: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, f"v_{name}") for name in columns)
+
+
 def clean_text(text: str | None, limit: int) -> str | None:
     """A miner- or client-supplied string fit for a text column: no NUL (PostgreSQL cannot
     store it), at most `limit` characters."""

@@ -45,10 +45,10 @@ from coordinator.service.jobstate import (
     end_unsuccessfully,
     fail_or_requeue,
     publish_change,
+    row_params,
     running_for,
     status_event,
     update_job,
-    update_params,
     update_statement,
 )
 from coordinator.service.miners import list_registered_miners, upsert_miner
@@ -360,9 +360,7 @@ def _leased(
 
 
 def _claim_row(job: Job) -> dict[str, Any]:
-    values = {name: getattr(job, name) for name in _CLAIM_COLUMNS}
-    values.update(status=job.status.value, extra=dumps(job.extra))
-    return update_params(job.job_id, values)
+    return row_params(job, _CLAIM_COLUMNS, status=job.status.value, extra=dumps(job.extra))
 
 
 async def renew_lease(core: Core, job_id: str, miner_id: str) -> Job | None:

@@ -23,8 +23,8 @@ from coordinator.service.jobstate import (
     Outcome,
     clean_text,
     publish_change,
+    row_params,
     running_for,
-    update_params,
     update_statement,
 )
 from coordinator.service.records import INLINE_RESULT_BYTES, dumps, load_jobs_locked
@@ -249,9 +249,9 @@ def _completed(job: Job, completion: Completion, charged_uait: int, now: int) ->
 
 
 def _completed_row(done: Job, output: bytes) -> dict[str, Any]:
-    values = {name: getattr(done, name, None) for name in _COMPLETED_COLUMNS}
-    values.update(status=done.status.value, result=dumps(done.result), output=output)
-    return update_params(done.job_id, values)
+    return row_params(
+        done, _COMPLETED_COLUMNS, status=done.status.value, result=dumps(done.result), output=output
+    )
 
 
 def _receipt_mismatch(job: Job, receipt: Mapping[str, Any], output: bytes) -> str | None:
