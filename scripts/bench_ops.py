@@ -141,6 +141,7 @@ async def _round(
             content_type="application/json",
             filename="output.json",
             summary={},
+            leased=job,  # as the hub passes it: the job as its claim leased it (round 31)
         )
         for job, receipt, signature in signed
     ]

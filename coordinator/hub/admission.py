@@ -78,7 +78,7 @@ class AdmissionDispatch:
             if held is not None:
                 conn = held[0]
                 conn.reserved -= 1  # the slot passes to `running` at once, as a claim's does
-                conn.running.add(job.job_id)
+                conn.running.add_lease(job)
                 sends.append((held, job))
         if sends:
             task = asyncio.get_running_loop().create_task(self._send(sends))

@@ -198,7 +198,7 @@ class Hub:
         """Send a committed claim to its miner; False when it was not sent: the miner went
         away meanwhile (the job is given back to the queue), or the job was cancelled."""
         job_id = claimed.job_id
-        conn.running.add(job_id)
+        conn.running.add_lease(claimed)
         msg = await assignment(core, claimed, offer)
         if self.was_cancelled(job_id):
             # Its cancel committed after the lease; any `cancel` sent for it went out before

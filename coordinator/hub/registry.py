@@ -10,7 +10,7 @@ survive a short cut.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,7 @@ class MinerConn:
     close: Closer
     writable: Callable[[], bool] = lambda: True  # False while sent frames pile up unread
     connected_ms: int = field(default_factory=now_ms)
-    running: set[str] = field(default_factory=set)
+    running: RunningJobs = field(init=False)
     # Slots promised to claims not yet committed (the dispatcher's and those made at
     # admission): two planners must not fill one slot twice.
     reserved: int = 0
@@ -83,7 +83,7 @@ class MinerConn:
     _listing: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.running = RunningJobs(self, self.running)
+        self.running = RunningJobs(self)
 
     @property
     def free_slots(self) -> int:
@@ -138,12 +138,14 @@ class MinerConn:
 
 class RunningJobs(set[str]):
     """A connection's running jobs, which report each add and drop to it (a job that
-    ends frees a slot the index must hear of). Change it with add, discard, remove and
-    clear only."""
+    ends frees a slot the index must hear of), and the job as this process leased it,
+    where it did (`lease_of`: its settlement then need not read the whole row again).
+    Change it with add, add_lease, discard, remove and clear only."""
 
-    def __init__(self, conn: MinerConn, jobs: Iterable[str] = ()) -> None:
-        super().__init__(jobs)
+    def __init__(self, conn: MinerConn) -> None:
+        super().__init__()
         self._conn = conn
+        self._leases: dict[str, Job] = {}
 
     def add(self, job_id: str) -> None:
         if job_id not in self:
@@ -151,10 +153,19 @@ class RunningJobs(set[str]):
             super().add(job_id)
             self._conn.slots_changed(before)
 
+    def add_lease(self, job: Job) -> None:
+        """Add a job this process has just leased to the connection's miner, as leased."""
+        self.add(job.job_id)
+        self._leases[job.job_id] = job
+
+    def lease_of(self, job_id: str) -> Job | None:
+        return self._leases.get(job_id)
+
     def discard(self, job_id: object) -> None:
         if job_id in self:
             before = self._conn.free_slots
             super().discard(job_id)
+            self._leases.pop(job_id, None)  # type: ignore[call-overload]
             self._conn.slots_changed(before)
 
     def remove(self, job_id: str) -> None:
@@ -165,6 +176,7 @@ class RunningJobs(set[str]):
     def clear(self) -> None:
         before = self._conn.free_slots
         super().clear()
+        self._leases.clear()
         self._conn.slots_changed(before)
 
 

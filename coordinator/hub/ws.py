@@ -448,6 +448,7 @@ class Session:
                 content_type=msg.content_type,
                 filename=msg.filename,
                 summary=msg.summary,
+                leased=conn.running.lease_of(msg.job_id),
             )
             if change.outcome == Outcome.OK:
                 conn.running.discard(msg.job_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -91,6 +91,67 @@ async def load_jobs_locked(conn: AsyncConnection, job_ids: Iterable[str]) -> dic
     params = {f"j{i}": job_id for i, job_id in enumerate(ids)}
     rows = await conn.execute(_load_jobs_locked(len(ids)), params)
     return {job.job_id: job for job in map(job_from_row, rows)}
+
+
+# What a running job's row can change while its lease stands (same status, miner and
+# attempt) and its completion keeps: a rename, a progress message. `updated_at_ms`, which
+# every write of a job row sets, stands for the rest.
+_LEASE_COLUMNS = (
+    "job_id", "status", "miner_id", "attempts", "updated_at_ms", "name", "progress_message",
+)  # fmt: skip
+
+
+@functools.cache
+def _load_leases_locked(count: int) -> Any:
+    # As _load_jobs_locked: every row locked in id order, leased or not, so the rows read
+    # whole afterwards are already locked and the lock order stays one order.
+    return (
+        select(*(schema.jobs.c[name] for name in _LEASE_COLUMNS))
+        .where(schema.jobs.c.job_id.in_([bindparam(f"j{i}") for i in range(count)]))
+        .order_by(schema.jobs.c.job_id)
+        .with_for_update()
+    )
+
+
+async def load_jobs_locked_reusing(
+    conn: AsyncConnection, job_ids: Iterable[str], leased: Mapping[str, Job]
+) -> dict[str, Job]:
+    """`load_jobs_locked(conn, job_ids)`, taking a job of `leased` (as this process leased
+    it) as it is where its row still holds that lease unchanged: the same status, miner,
+    attempt, name and progress message, and not written since (`updated_at_ms`). Those
+    rows are read seven columns wide and parsed not at all, where a whole row is forty
+    columns and JSON (round 31); the others are read whole."""
+    wanted = {job_id for job_id in job_ids if "\x00" not in job_id}
+    if not leased:
+        return await load_jobs_locked(conn, wanted)
+    ids = padded(sorted(wanted))
+    if not ids:
+        return {}
+    params = {f"j{i}": job_id for i, job_id in enumerate(ids)}
+    found: dict[str, Job] = {}
+    for (
+        job_id,
+        status,
+        miner_id,
+        attempts,
+        updated_at_ms,
+        name,
+        progress_message,
+    ) in await conn.execute(_load_leases_locked(len(ids)), params):
+        job = leased.get(job_id)
+        if (
+            job is not None
+            and job.status == status
+            and job.miner_id == miner_id
+            and job.attempts == attempts
+            and job.updated_at_ms == updated_at_ms
+            and job.name == name
+            and job.progress_message == progress_message
+        ):
+            found[job_id] = job
+    if len(found) < len(wanted):
+        found.update(await load_jobs_locked(conn, wanted - found.keys()))
+    return found
 
 
 def _ait(uait: int | None) -> float | None:

@@ -27,7 +27,7 @@ from coordinator.service.jobstate import (
     running_for,
     update_statement,
 )
-from coordinator.service.records import INLINE_RESULT_BYTES, dumps, load_jobs_locked
+from coordinator.service.records import INLINE_RESULT_BYTES, dumps, load_jobs_locked_reusing
 from protocol.canonical import sha256_hex
 from protocol.frozen import direct_init
 from protocol.timefmt import now_ms
@@ -99,6 +99,7 @@ class Completion:
     filename: str
     summary: Mapping[str, Any]
     fee_bps: int
+    leased: Job | None  # the job as this process leased it to the miner, where it did
 
 
 async def complete_job(
@@ -112,6 +113,7 @@ async def complete_job(
     content_type: str,
     filename: str,
     summary: Mapping[str, Any],
+    leased: Job | None = None,
 ) -> Change:
     """Mark a job completed and settle it, in one commit.
 
@@ -122,6 +124,9 @@ async def complete_job(
     paid it less the fee. A retry of an already settled result answers `EXISTS`.
 
     Completions that arrive together are settled by one operation (`complete_many`).
+    `leased`, the job as the hub leased it (hub/registry.py), spares that operation the
+    job's whole row while the row still holds that lease unchanged
+    (`records.load_jobs_locked_reusing`); the row decides either way.
     """
     completion = Completion(
         job_id,
@@ -133,6 +138,7 @@ async def complete_job(
         filename,
         summary,
         core.settings.fee_bps,
+        leased,
     )
     change = publish_change(core, await core.db.write_coalesced(complete_many, completion))
     if change.outcome == Outcome.OK and change.job is not None:
@@ -146,7 +152,8 @@ async def complete_many(conn: AsyncConnection, completions: Sequence[Completion]
     is judged alone, in order, as if settled one after the other; one per job at most
     completes it. A settlement the ledger refuses raises: the coalescer then settles each
     alone, so only that one fails."""
-    found = await load_jobs_locked(conn, (c.job_id for c in completions))
+    leases = {c.job_id: c.leased for c in completions if c.leased is not None}
+    found = await load_jobs_locked_reusing(conn, (c.job_id for c in completions), leases)
     settled: dict[str, Mapping[str, Any]] = {}  # receipts accepted earlier in this batch
     changes: list[Change | None] = []
     accepted: list[tuple[int, Completion, Job]] = []

@@ -276,3 +276,80 @@ async def test_claims_commit_beside_a_write_in_progress(
     commits = samples["ait_db_commits_total"]  # both writers' commits, in one histogram
     assert commits_after <= int(commits) <= sum(writer.batches for writer in core.db.writers)
     assert samples['ait_db_commit_seconds_bucket{le="+Inf"}'] == commits
+
+
+async def test_results_judged_against_the_lease_the_hub_holds_only_while_the_row_still_has_it(
+    setup: tuple[Coordinator, KeyInfo, KeyInfo], http: aiohttp.ClientSession
+) -> None:
+    """The hub passes each result the job as it leased it (`leased`), which spares the
+    settlement the whole row while the row still holds that lease unchanged; a lease the
+    row no longer holds (cancelled, requeued and leased again, renamed, given progress) is
+    judged, and shown, by the row."""
+    coordinator, client, miner_key = setup
+    core = Core.of(coordinator.app)
+    miner, other = Miner(miner_key.address), Miner(miner_key.address)
+    for m in (miner, other):
+        await lifecycle.upsert_miner(core, m.identity, {})
+    leases = []
+    for _ in range(5):
+        job_id = await _submit(coordinator, http, client)  # 0.5 AIT escrow each
+        job = await lifecycle.claim_job(core, job_id, miner.identity, PRICE, "token")
+        assert job is not None
+        leases.append(job)
+    untouched, cancelled, released, renamed, progressed = leases
+    status, _, _ = await call(
+        http, "DELETE", f"{coordinator.url}/v1/jobs/{cancelled.job_id}", client
+    )
+    assert status == 200
+    await lifecycle.release_job(core, released.job_id, miner.identity.miner_id, "test")
+    again = await lifecycle.claim_job(core, released.job_id, miner.identity, PRICE, "token")
+    assert again is not None and again.attempts == released.attempts + 1
+    status, _, _ = await call(
+        http,
+        "PUT",
+        f"{coordinator.url}/v1/jobs/{renamed.job_id}",
+        client,
+        json={"name": "renamed while it ran"},
+    )
+    assert status == 200
+    await lifecycle.record_progress(core, progressed.job_id, miner.identity.miner_id, 50, "half")
+
+    def complete(job: Job) -> Coroutine[Any, Any, Change]:
+        signed = miner.result(job, b"out", 100)  # 0.1 AIT
+        return lifecycle.complete_job(
+            core,
+            job.job_id,
+            miner.identity.miner_id,
+            receipt=signed["receipt"],
+            signature=signed["signature"],
+            output=b"out",
+            content_type="text/plain",
+            filename="o.txt",
+            summary={},
+            leased=job,
+        )
+
+    changes: list[Change] = await asyncio.gather(*(complete(job) for job in leases))
+    assert [c.outcome for c in changes] == [
+        Outcome.OK,
+        Outcome.STALE,  # cancelled: nothing paid for it
+        Outcome.REJECTED,  # the receipt names attempt 1; the row is at attempt 2
+        Outcome.OK,
+        Outcome.OK,
+    ]
+    assert changes[1].detail == "job is cancelled, not leased to you"
+    done = {c.job.job_id: c.job for c in changes if c.outcome == Outcome.OK and c.job}
+    assert set(done) == {untouched.job_id, renamed.job_id, progressed.job_id}
+    assert done[renamed.job_id].name == "renamed while it ran"
+    assert done[progressed.job_id].progress_message == "half"
+    for job_id, job in done.items():
+        _, body, _ = await call(http, "GET", f"{coordinator.url}/v1/jobs/{job_id}", client)
+        assert body["status"] == "completed" and body["cost"] * 1_000_000 == job.cost_uait
+        assert body["name"] == job.name
+
+    # Three jobs at 0.1 AIT, one still held (0.5), one cancelled and refunded in full.
+    assert await coordinator.balance_uait(client.address) == (
+        10_000_000 - 300_000 - 500_000,
+        500_000,
+    )
+    assert await coordinator.balance_uait(miner_key.address) == (285_000, 0)

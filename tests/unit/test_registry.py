@@ -169,3 +169,18 @@ def test_the_miners_view_pages_by_id_and_filters_by_model() -> None:
             "price_uait_per_unit": 1,
         }
     ]
+
+
+def test_a_connection_keeps_the_job_it_leased_only_while_the_job_runs_there() -> None:
+    miner = conn("m", ("echo", 1))
+    leased = dataclasses.replace(job("echo"), job_id="job_a")
+    miner.running.add_lease(leased)
+    miner.running.add("job_b")  # resumed after a reconnect: running, not leased here
+    assert miner.free_slots == 0
+    assert miner.running.lease_of("job_a") is leased
+    assert miner.running.lease_of("job_b") is None
+    miner.running.discard("job_a")
+    assert miner.running.lease_of("job_a") is None and miner.free_slots == 1
+    miner.running.add_lease(leased)
+    miner.running.clear()
+    assert miner.running.lease_of("job_a") is None and miner.free_slots == 2
