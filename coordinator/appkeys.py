@@ -68,6 +68,10 @@ class AdmissionDispatchProtocol(Protocol):
     def deliver(self, claimed: Sequence[Job]) -> None:
         """Send committed claims to their miners (in the background)."""
 
+    def queued(self, jobs: Sequence[Job]) -> None:
+        """Jobs just committed queued, as committed: the dispatcher's claim of one takes it
+        instead of reading its whole row again while the row is unchanged."""
+
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("ait_settings")
 DATABASE: web.AppKey[Database] = web.AppKey("ait_database")  # engines + group-commit writer

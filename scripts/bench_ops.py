@@ -123,8 +123,9 @@ async def _round(
 ) -> None:
     reqs = [_request(first + i) for i in range(batch)]
     submitted = await _timed(spent, "submit", job_service.submit_batch(core, None, client, reqs))
-    claims = [
-        lifecycle.claim_job(core, job.job_id, miner.identity, PRICE, "token") for job in submitted
+    claims = [  # each with the job as admitted, as the hub's dispatcher passes it (round 31)
+        lifecycle.claim_job(core, job.job_id, miner.identity, PRICE, "token", queued=job)
+        for job in submitted
     ]
     claimed = await _timed(spent, "claim", asyncio.gather(*claims))
     signed = [(job, *miner.result(job)) for job in claimed if job is not None]

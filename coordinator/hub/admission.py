@@ -71,6 +71,9 @@ class AdmissionDispatch:
             if held is not None:
                 held[0].reserved -= 1
 
+    def queued(self, jobs: Sequence[Job]) -> None:
+        self.hub.admitted(jobs)
+
     def deliver(self, claimed: Sequence[Job]) -> None:
         sends = []
         for job in claimed:

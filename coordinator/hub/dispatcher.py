@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -66,6 +66,9 @@ class Hub:
         self.parsed_queue: lifecycle.QueuedCache = {}
         # job id -> (the parsed row it was built from, the scheduler's view of it)
         self._demand_cache: dict[str, tuple[QueuedJob, JobDemand]] = {}
+        # job id -> the job as this process committed it queued (admitted): its claim takes
+        # it instead of the whole row while the row is unchanged (lifecycle.claim_job).
+        self._admitted: dict[str, Job] = {}
         # The models of the jobs the last planning round left queued (None: it did not read
         # the whole queue). A submit leaves the free slots of miners that serve one of them
         # to the dispatcher (admission.py) instead of planning for nothing; a job nobody
@@ -77,6 +80,12 @@ class Hub:
     @property
     def core(self) -> Core:
         return Core.of(self.app)
+
+    def admitted(self, jobs: Sequence[Job]) -> None:
+        if len(self._admitted) + len(jobs) > lifecycle.MAX_PARSED_QUEUED:
+            self._admitted.clear()  # mostly jobs that ended or went elsewhere unclaimed
+        for job in jobs:
+            self._admitted[job.job_id] = job
 
     # -- dispatcher -------------------------------------------------------------------
     async def dispatch_forever(self) -> None:
@@ -184,7 +193,12 @@ class Hub:
         identity = MinerIdentity(conn.miner_id, conn.address, conn.public_key)
         try:
             claimed = await lifecycle.claim_job(
-                core, job_id, identity, offer.price_uait_per_unit, offer.unit
+                core,
+                job_id,
+                identity,
+                offer.price_uait_per_unit,
+                offer.unit,
+                self._admitted.pop(job_id, None),
             )
         finally:
             conn.reserved -= 1

@@ -208,7 +208,9 @@ def _announce(
     for job in claimed:
         core.bus.publish(job.job_id, status_event(job), job=job)
     if dispatch is not None:
-        dispatch.release(job.job_id for job in placed if job.status != JobStatus.RUNNING)
+        queued = [job for job in placed if job.status != JobStatus.RUNNING]
+        dispatch.release(job.job_id for job in queued)
+        dispatch.queued(queued)
         if claimed:
             dispatch.deliver(claimed)
     if len(claimed) < len(placed):

@@ -12,7 +12,7 @@ paid for a job twice.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,9 +54,11 @@ from coordinator.service.jobstate import (
 from coordinator.service.miners import list_registered_miners, upsert_miner
 from coordinator.service.records import (
     JOB_COLUMNS,
+    STAMP_COLUMNS,
     dumps,
     job_from_row,
     load_job,
+    unchanged,
 )
 from coordinator.service.settle import complete_job
 from protocol.frozen import direct_init
@@ -149,13 +151,14 @@ def _queued_job(row: Any) -> QueuedJob:
 
 # Per number of job ids (`padded`) and dialect, built once: each claim batch runs one.
 @functools.cache
-def claimable_rows(count: int, postgresql: bool) -> Any:
-    """The claim's read: the rows of `count` job ids (binds c0..), those still queued."""
+def claimable_rows(count: int, postgresql: bool, *, stamps: bool = False) -> Any:
+    """The claim's read: the rows of `count` job ids (binds c0..), those still queued;
+    with `stamps`, only their STAMP_COLUMNS (records.unchanged)."""
     # The ids find the rows through the primary key. Without statistics both planners
     # preferred a status index for the status term and walked every queued job to find
     # these few: a claim round cost O(backlog) (docs/benchmarks.md, round 15).
     query = (
-        select(*JOB_COLUMNS)
+        select(*(STAMP_COLUMNS if stamps else JOB_COLUMNS))
         .where(
             jobs.c.job_id.in_([bindparam(f"c{i}", type_=jobs.c.job_id.type) for i in range(count)]),
             no_index(jobs.c.status) == JobStatus.QUEUED.value,
@@ -243,10 +246,16 @@ class ClaimRequest:
     # The models the miner serves. At admission, a queued job of any of them keeps this
     # claim from being made (that job goes to the miner first; service.jobs.admit_many).
     serves: frozenset[str] = frozenset()
+    queued: Job | None = None  # the job as this process admitted it, where it did
 
 
 async def claim_job(
-    core: Core, job_id: str, miner: MinerIdentity, price_uait_per_unit: int, unit: str
+    core: Core,
+    job_id: str,
+    miner: MinerIdentity,
+    price_uait_per_unit: int,
+    unit: str,
+    queued: Job | None = None,
 ) -> Job | None:
     """Atomically lease a queued job to `miner` (queued -> running, attempts + 1, lease of
     `lease_seconds`). None when the job is no longer queued (claimed elsewhere, cancelled,
@@ -261,9 +270,12 @@ async def claim_job(
     only a race between two claims of one client.
 
     Claims made together (a dispatch round's) are written by one operation (`claim_many`).
+    `queued`, the job as this process admitted it (the hub keeps those), spares that
+    operation the job's whole row while the row is unchanged (`records.unchanged`); the
+    row decides either way.
     """
     lease_ms = int(core.settings.lease_seconds * 1000)
-    request = ClaimRequest(job_id, miner, price_uait_per_unit, unit, lease_ms)
+    request = ClaimRequest(job_id, miner, price_uait_per_unit, unit, lease_ms, queued=queued)
     job = await core.db.write_coalesced(claim_many, request)
     if job is not None:
         core.bus.publish(job.job_id, status_event(job), job=job)
@@ -277,11 +289,8 @@ async def claim_many(conn: AsyncConnection, requests: Sequence[ClaimRequest]) ->
     table for all of them. On PostgreSQL rows another process holds are skipped: that
     claim is lost, not waited for."""
     ids = padded(sorted({r.job_id for r in requests if "\x00" not in r.job_id}))
-    queued: dict[str, Job] = {}
-    if ids:
-        query = claimable_rows(len(ids), conn.dialect.name == "postgresql")
-        rows = await conn.execute(query, {f"c{i}": job_id for i, job_id in enumerate(ids)})
-        queued = {job.job_id: job for job in map(job_from_row, rows)}
+    known = {r.job_id: r.queued for r in requests if r.queued is not None}
+    queued = await _claimable(conn, ids, known) if ids else {}
     now = now_ms()
     claimed: list[Job | None] = []
     for request in requests:
@@ -294,6 +303,33 @@ async def claim_many(conn: AsyncConnection, requests: Sequence[ClaimRequest]) ->
     if updates:
         await conn.execute(_MARK_CLAIMED, updates)
     return claimed
+
+
+async def _claimable(
+    conn: AsyncConnection, ids: list[str], known: Mapping[str, Job]
+) -> dict[str, Job]:
+    """The jobs among `ids` (padded, sorted) still queued, locked (on PostgreSQL, a row
+    another process holds is skipped); one of `known` is taken as it is where its row is
+    unchanged, read seven columns wide (round 31), the others are read whole."""
+    postgresql = conn.dialect.name == "postgresql"
+    params = {f"c{i}": job_id for i, job_id in enumerate(ids)}
+    if not known:
+        rows = await conn.execute(claimable_rows(len(ids), postgresql), params)
+        return {job.job_id: job for job in map(job_from_row, rows)}
+    found: dict[str, Job] = {}
+    missing: list[str] = []
+    for stamp in await conn.execute(claimable_rows(len(ids), postgresql, stamps=True), params):
+        job = known.get(stamp[0])
+        if job is not None and unchanged(job, stamp):
+            found[stamp[0]] = job
+        else:
+            missing.append(stamp[0])
+    if missing:  # locked by this transaction now: not skipped
+        rest = padded(missing)
+        params = {f"c{i}": job_id for i, job_id in enumerate(rest)}
+        rows = await conn.execute(claimable_rows(len(rest), postgresql), params)
+        found.update((job.job_id, job) for job in map(job_from_row, rows))
+    return found
 
 
 async def _lease(conn: AsyncConnection, job: Job, request: ClaimRequest, now: int) -> Job | None:

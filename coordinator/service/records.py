@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -93,20 +93,42 @@ async def load_jobs_locked(conn: AsyncConnection, job_ids: Iterable[str]) -> dic
     return {job.job_id: job for job in map(job_from_row, rows)}
 
 
-# What a running job's row can change while its lease stands (same status, miner and
-# attempt) and its completion keeps: a rename, a progress message. `updated_at_ms`, which
-# every write of a job row sets, stands for the rest.
-_LEASE_COLUMNS = (
-    "job_id", "status", "miner_id", "attempts", "updated_at_ms", "name", "progress_message",
-)  # fmt: skip
+# What tells whether a job row is still as a Job this process wrote holds it: the status,
+# miner and attempt (a lease), what a row changes without them (a rename, a progress
+# message), and `updated_at_ms`, which every write of a job row sets, for the rest.
+STAMP_COLUMNS = [
+    schema.jobs.c[name]
+    for name in (
+        "job_id", "status", "miner_id", "attempts", "updated_at_ms", "name", "progress_message",
+    )
+]  # fmt: skip
+
+
+def unchanged(job: Job, stamp: Sequence[Any]) -> bool:
+    """Whether a row of STAMP_COLUMNS is `job`'s row as `job` has it."""
+    status: str
+    miner_id: str | None
+    attempts: int
+    updated_at_ms: int
+    name: str | None
+    progress_message: str | None
+    _, status, miner_id, attempts, updated_at_ms, name, progress_message = stamp
+    return (
+        job.status == status
+        and job.miner_id == miner_id
+        and job.attempts == attempts
+        and job.updated_at_ms == updated_at_ms
+        and job.name == name
+        and job.progress_message == progress_message
+    )
 
 
 @functools.cache
-def _load_leases_locked(count: int) -> Any:
+def _load_stamps_locked(count: int) -> Any:
     # As _load_jobs_locked: every row locked in id order, leased or not, so the rows read
     # whole afterwards are already locked and the lock order stays one order.
     return (
-        select(*(schema.jobs.c[name] for name in _LEASE_COLUMNS))
+        select(*STAMP_COLUMNS)
         .where(schema.jobs.c.job_id.in_([bindparam(f"j{i}") for i in range(count)]))
         .order_by(schema.jobs.c.job_id)
         .with_for_update()
@@ -129,26 +151,10 @@ async def load_jobs_locked_reusing(
         return {}
     params = {f"j{i}": job_id for i, job_id in enumerate(ids)}
     found: dict[str, Job] = {}
-    for (
-        job_id,
-        status,
-        miner_id,
-        attempts,
-        updated_at_ms,
-        name,
-        progress_message,
-    ) in await conn.execute(_load_leases_locked(len(ids)), params):
-        job = leased.get(job_id)
-        if (
-            job is not None
-            and job.status == status
-            and job.miner_id == miner_id
-            and job.attempts == attempts
-            and job.updated_at_ms == updated_at_ms
-            and job.name == name
-            and job.progress_message == progress_message
-        ):
-            found[job_id] = job
+    for stamp in await conn.execute(_load_stamps_locked(len(ids)), params):
+        job = leased.get(stamp[0])
+        if job is not None and unchanged(job, stamp):
+            found[stamp[0]] = job
     if len(found) < len(wanted):
         found.update(await load_jobs_locked(conn, wanted - found.keys()))
     return found

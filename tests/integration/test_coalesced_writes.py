@@ -353,3 +353,52 @@ async def test_results_judged_against_the_lease_the_hub_holds_only_while_the_row
         500_000,
     )
     assert await coordinator.balance_uait(miner_key.address) == (285_000, 0)
+
+
+async def test_claims_judged_against_the_job_as_admitted_only_while_the_row_still_has_it(
+    setup: tuple[Coordinator, KeyInfo, KeyInfo], http: aiohttp.ClientSession
+) -> None:
+    """The dispatcher passes each claim the job as this process admitted it (`queued`),
+    which spares the claim the whole row while the row is unchanged; a job cancelled,
+    renamed or requeued since is judged, and leased, as its row has it."""
+    coordinator, client, miner_key = setup
+    core = Core.of(coordinator.app)
+    miner = Miner(miner_key.address)
+    await lifecycle.upsert_miner(core, miner.identity, {})
+    admitted = []
+    for _ in range(4):
+        job_id = await _submit(coordinator, http, client)
+        job = await lifecycle.get_job(core, job_id)
+        assert job is not None
+        admitted.append(job)
+    untouched, cancelled, renamed, requeued = admitted
+    status, _, _ = await call(
+        http, "DELETE", f"{coordinator.url}/v1/jobs/{cancelled.job_id}", client
+    )
+    assert status == 200
+    status, _, _ = await call(
+        http,
+        "PUT",
+        f"{coordinator.url}/v1/jobs/{renamed.job_id}",
+        client,
+        json={"name": "renamed in the queue"},
+    )
+    assert status == 200
+    first = await lifecycle.claim_job(core, requeued.job_id, miner.identity, PRICE, "token")
+    assert first is not None
+    await lifecycle.release_job(core, requeued.job_id, miner.identity.miner_id, "given back")
+
+    claims = await asyncio.gather(
+        *(
+            lifecycle.claim_job(core, job.job_id, miner.identity, PRICE, "token", queued=job)
+            for job in admitted
+        )
+    )
+    leased = {job.job_id: job for job in claims if job is not None}
+    assert set(leased) == {untouched.job_id, renamed.job_id, requeued.job_id}
+    assert leased[renamed.job_id].name == "renamed in the queue"
+    assert leased[requeued.job_id].attempts == 2
+    assert leased[requeued.job_id].progress_message is None  # a new lease clears it
+    for job in leased.values():
+        assert job.status == "running" and job.miner_id == miner.identity.miner_id
+        assert await lifecycle.get_job(core, job.job_id) == job  # what was written

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from ait_harness import query_plan
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -46,9 +47,12 @@ ROWS = [_job(i) for i in range(300)]
 WANTED = [f"job_{i:04d}" for i in range(0, 300, 4)] + ["job_9999"]  # 75 known, 1 not
 
 
-async def test_a_claim_reads_its_jobs_by_id_not_through_the_queue(db: Database) -> None:
+@pytest.mark.parametrize("stamps", [False, True], ids=["whole rows", "stamps"])
+async def test_a_claim_reads_its_jobs_by_id_not_through_the_queue(
+    db: Database, stamps: bool
+) -> None:
     postgresql = db.dialect == "postgresql"
-    statement = claimable_rows(len(WANTED), postgresql)
+    statement = claimable_rows(len(WANTED), postgresql, stamps=stamps)
     binds = {f"c{i}": job_id for i, job_id in enumerate(WANTED)}
 
     async def check(conn: AsyncConnection) -> tuple[list[str], str]:
