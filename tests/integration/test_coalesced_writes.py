@@ -14,7 +14,7 @@ import pytest
 from ait_harness import Coordinator, CoordinatorFactory, KeyInfo
 from api_helpers import call
 from sqlalchemy import select
-from test_api_settlement import PRICE, Miner, _submit
+from test_api_settlement import PRICE, Miner, SignedResult, _submit
 
 from chain.ledger import TREASURY_ADDRESS
 from coordinator.db import schema
@@ -45,6 +45,24 @@ async def writer_busy(db: Database) -> AsyncIterator[None]:
     finally:
         release.set()
         await busy
+
+
+def _complete(
+    core: Core, job_id: str, miner: Miner, signed: SignedResult, leased: Job | None = None
+) -> Coroutine[Any, Any, Change]:
+    """`miner`'s result `signed` (output b"out") for `job_id`, as the hub settles it."""
+    return lifecycle.complete_job(
+        core,
+        job_id,
+        miner.identity.miner_id,
+        receipt=signed["receipt"],
+        signature=signed["signature"],
+        output=b"out",
+        content_type="text/plain",
+        filename="o.txt",
+        summary={},
+        leased=leased,
+    )
 
 
 @pytest.fixture
@@ -80,19 +98,8 @@ async def test_results_that_arrive_together_settle_once_each(
         i: int, units: int, who: Miner | None = None, **changes: object
     ) -> Coroutine[Any, Any, Change]:
         job, miner = jobs[i]
-        sender = who or miner
         signed = first if i == 0 else miner.result(job, b"out", units, **changes)
-        return lifecycle.complete_job(
-            core,
-            job.job_id,
-            sender.identity.miner_id,
-            receipt=signed["receipt"],
-            signature=signed["signature"],
-            output=b"out",
-            content_type="text/plain",
-            filename="o.txt",
-            summary={},
-        )
+        return _complete(core, job.job_id, who or miner, signed)
 
     coalescer = core.db.coalescer(complete_many)
     before = coalescer.operations
@@ -314,22 +321,9 @@ async def test_results_judged_against_the_lease_the_hub_holds_only_while_the_row
     assert status == 200
     await lifecycle.record_progress(core, progressed.job_id, miner.identity.miner_id, 50, "half")
 
-    def complete(job: Job) -> Coroutine[Any, Any, Change]:
-        signed = miner.result(job, b"out", 100)  # 0.1 AIT
-        return lifecycle.complete_job(
-            core,
-            job.job_id,
-            miner.identity.miner_id,
-            receipt=signed["receipt"],
-            signature=signed["signature"],
-            output=b"out",
-            content_type="text/plain",
-            filename="o.txt",
-            summary={},
-            leased=job,
-        )
-
-    changes: list[Change] = await asyncio.gather(*(complete(job) for job in leases))
+    changes: list[Change] = await asyncio.gather(
+        *(_complete(core, job.job_id, miner, miner.result(job, b"out", 100), job) for job in leases)
+    )  # 0.1 AIT each
     assert [c.outcome for c in changes] == [
         Outcome.OK,
         Outcome.STALE,  # cancelled: nothing paid for it
