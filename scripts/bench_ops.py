@@ -7,7 +7,8 @@ service functions the API and the miner hub call, on a SQLite file, with no netw
 no timing in the loop: `--rounds` times, a client submits a batch of `--batch` jobs
 (`submit_batch`: escrow holds, job rows), a miner claims them (`claim_job`, coalesced
 into one `claim_many`), returns a signed result for each (`complete_job`: receipt checks,
-settlement, coalesced into one `complete_many`), and every `--seal-every` rounds the
+settlement, coalesced into one `complete_many`; each claim and result given the job as
+admitted and as leased, as the hub gives them, round 31), and every `--seal-every` rounds the
 sealer seals what was settled (with `--seal-helper`, blocks drafted by the seal helper
 process, as a busy coordinator's are). Prints one JSON report: thread CPU per job by
 phase.
