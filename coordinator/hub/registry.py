@@ -165,7 +165,7 @@ class RunningJobs(set[str]):
         if job_id in self:
             before = self._conn.free_slots
             super().discard(job_id)
-            self._leases.pop(job_id, None)  # type: ignore[call-overload]
+            self._leases.pop(job_id, None)  # type: ignore[call-overload]  # a member: a str
             self._conn.slots_changed(before)
 
     def remove(self, job_id: str) -> None:

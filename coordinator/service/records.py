@@ -93,9 +93,9 @@ async def load_jobs_locked(conn: AsyncConnection, job_ids: Iterable[str]) -> dic
     return {job.job_id: job for job in map(job_from_row, rows)}
 
 
-# What tells whether a job row is still as a Job this process wrote holds it: the status,
-# miner and attempt (a lease), what a row changes without them (a rename, a progress
-# message), and `updated_at_ms`, which every write of a job row sets, for the rest.
+# What tells whether a job's row still matches a Job this process wrote: the status, miner
+# and attempt (a lease), what a row changes without them (a rename, a progress message),
+# and `updated_at_ms`, which every write of a job row sets, for the rest.
 STAMP_COLUMNS = [
     schema.jobs.c[name]
     for name in (
