@@ -58,7 +58,7 @@ from coordinator.service.records import (
     dumps,
     job_from_row,
     load_job,
-    unchanged,
+    take_unchanged,
 )
 from coordinator.service.settle import complete_job
 from protocol.frozen import direct_init
@@ -316,16 +316,10 @@ async def _claimable(
     if not known:
         rows = await conn.execute(claimable_rows(len(ids), postgresql), params)
         return {job.job_id: job for job in map(job_from_row, rows)}
-    found: dict[str, Job] = {}
-    missing: list[str] = []
-    for stamp in await conn.execute(claimable_rows(len(ids), postgresql, stamps=True), params):
-        job = known.get(stamp[0])
-        if job is not None and unchanged(job, stamp):
-            found[stamp[0]] = job
-        else:
-            missing.append(stamp[0])
-    if missing:  # locked by this transaction now: not skipped
-        rest = padded(missing)
+    stamps = await conn.execute(claimable_rows(len(ids), postgresql, stamps=True), params)
+    found, others = take_unchanged(stamps, known)
+    if others:  # locked by this transaction now: not skipped
+        rest = padded(others)
         params = {f"c{i}": job_id for i, job_id in enumerate(rest)}
         rows = await conn.execute(claimable_rows(len(rest), postgresql), params)
         found.update((job.job_id, job) for job in map(job_from_row, rows))

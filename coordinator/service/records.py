@@ -72,11 +72,12 @@ async def load_job(conn: AsyncConnection, job_id: str, *, lock: bool = False) ->
 
 
 @functools.cache
-def _load_jobs_locked(count: int) -> Any:
+def _load_jobs_locked(count: int, stamps: bool = False) -> Any:
     # Plain bind parameters per count (an expanding IN is re-rendered on every execution);
-    # rows locked in id order on PostgreSQL, one order for every batch.
+    # rows locked in id order on PostgreSQL, one order for every batch, whole rows or
+    # their STAMP_COLUMNS alike (rows read whole after the stamps are locked already).
     return (
-        select(*JOB_COLUMNS)
+        select(*(STAMP_COLUMNS if stamps else JOB_COLUMNS))
         .where(schema.jobs.c.job_id.in_([bindparam(f"j{i}") for i in range(count)]))
         .order_by(schema.jobs.c.job_id)
         .with_for_update()
@@ -123,16 +124,20 @@ def unchanged(job: Job, stamp: Sequence[Any]) -> bool:
     )
 
 
-@functools.cache
-def _load_stamps_locked(count: int) -> Any:
-    # As _load_jobs_locked: every row locked in id order, leased or not, so the rows read
-    # whole afterwards are already locked and the lock order stays one order.
-    return (
-        select(*STAMP_COLUMNS)
-        .where(schema.jobs.c.job_id.in_([bindparam(f"j{i}") for i in range(count)]))
-        .order_by(schema.jobs.c.job_id)
-        .with_for_update()
-    )
+def take_unchanged(
+    stamps: Iterable[Any], held: Mapping[str, Job]
+) -> tuple[dict[str, Job], list[str]]:
+    """Of rows of STAMP_COLUMNS: the jobs of `held` their rows still match, by id, and the
+    ids of the other rows (to be read whole)."""
+    taken: dict[str, Job] = {}
+    others: list[str] = []
+    for stamp in stamps:
+        job = held.get(stamp[0])
+        if job is not None and unchanged(job, stamp):
+            taken[stamp[0]] = job
+        else:
+            others.append(stamp[0])
+    return taken, others
 
 
 async def load_jobs_locked_reusing(
@@ -150,13 +155,10 @@ async def load_jobs_locked_reusing(
     if not ids:
         return {}
     params = {f"j{i}": job_id for i, job_id in enumerate(ids)}
-    found: dict[str, Job] = {}
-    for stamp in await conn.execute(_load_stamps_locked(len(ids)), params):
-        job = leased.get(stamp[0])
-        if job is not None and unchanged(job, stamp):
-            found[stamp[0]] = job
-    if len(found) < len(wanted):
-        found.update(await load_jobs_locked(conn, wanted - found.keys()))
+    stamps = await conn.execute(_load_jobs_locked(len(ids), stamps=True), params)
+    found, others = take_unchanged(stamps, leased)
+    if others:
+        found.update(await load_jobs_locked(conn, others))
     return found
 
 
